@@ -1,0 +1,38 @@
+"""eoi_core: Exact Orthogonal Initialization of sparse neural networks.
+
+Framework-neutral core (NumPy in, NumPy out, PyTorch's canonical layout).
+
+>>> import eoi_core
+>>> weight, mask = eoi_core.sparse_orthogonal((64, 32, 3, 3), density=0.1, rng=0)
+
+Public API
+----------
+sparse_orthogonal      the (weight, mask) of EOI for any shape and density
+givens_compose         exactly ``t`` random Givens rotations (for the density law)
+expected_density       the exact Markov-chain law of the density after ``t`` rotations
+rotations_for_density  the smallest ``t`` whose expected density reaches a target
+min_density            the orthogonal floor of a shape
+orthogonality_error    max deviation of a weight from exact (semi-)orthogonality
+distributions          per-layer densities for a whole model (uniform, ER, ERK)
+layout                 canonical <-> channels-last layouts, the mask rounding rule
+"""
+
+from . import distributions, layout
+from .api import ENGINES, givens_compose, orthogonality_error, sparse_orthogonal
+from .layout import mask_count, min_density
+from .theory import expected_density, rotations_for_density
+
+__all__ = [
+    "ENGINES",
+    "distributions",
+    "expected_density",
+    "givens_compose",
+    "layout",
+    "mask_count",
+    "min_density",
+    "orthogonality_error",
+    "rotations_for_density",
+    "sparse_orthogonal",
+]
+
+__version__ = "0.1.0"

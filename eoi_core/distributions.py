@@ -1,0 +1,144 @@
+r"""Per-layer densities for a whole model.
+
+Given the canonical shapes of a model's weights and a target density ``d``,
+each function returns one density per layer such that the parameter-weighted
+mean equals ``d`` (to within one parameter):
+
+.. math:: \sum_l d_l\, n_l = d \sum_l n_l, \qquad d_l = \mathrm{clip}(\varepsilon\, r_l,\ f_l,\ 1),
+
+with ``n_l`` the layer size, ``f_l`` its orthogonal floor
+(:func:`eoi_core.min_density`: ``min(out, in) / size`` for a dense layer, the
+centre's floor for a kernel) and ``r_l`` the raw score of the distribution:
+
+* ``uniform``: ``r_l = 1``;
+* ``erdos_renyi`` (Mocanu et al. 2018): ``r_l = (out + in) / (out * in)``;
+* ``erk`` (Evci et al. 2020, RigL): ``r_l = (out + in + sum(kernel)) / (out * in * prod(kernel))``.
+
+Capping at 1 and raising to the floor both move parameters; the single scale
+``epsilon`` (found by bisection; the sum is monotone in it) redistributes them
+over the layers that are neither capped nor floored, which is RigL's iterative
+ERK rule with floors added.  A target below the model's floor is an error
+that names the smallest feasible density.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ._checks import check_density
+from .layout import parse_layout
+
+__all__ = ["uniform", "erdos_renyi", "erk", "layer_densities", "DISTRIBUTIONS"]
+
+DISTRIBUTIONS = ("uniform", "er", "erdos_renyi", "erk")
+
+
+def _layouts(shapes: Sequence[Sequence[int]], groups: Sequence[int] | None):
+    shapes = list(shapes)
+    if not shapes:
+        raise ValueError("shapes must name at least one layer")
+    if groups is None:
+        groups = [1] * len(shapes)
+    groups = list(groups)
+    if len(groups) != len(shapes):
+        raise ValueError(f"groups has {len(groups)} entries but shapes has {len(shapes)}")
+    return [parse_layout(shape, g) for shape, g in zip(shapes, groups)]
+
+
+def _solve(raw: np.ndarray, sizes: np.ndarray, floors: np.ndarray, density: float) -> list[float]:
+    target = density * sizes.sum()
+    smallest = float((floors * sizes).sum() / sizes.sum())
+    if (floors * sizes).sum() > target + 0.5:
+        raise ValueError(
+            f"density={density!r} is infeasible for this model: its orthogonal floors need "
+            f"at least density {smallest:.6g}"
+        )
+
+    def total(scale: float) -> float:
+        return float((np.clip(scale * raw, floors, 1.0) * sizes).sum())
+
+    low, high = 0.0, float(1.0 / raw.min())  # at `high` every layer is dense
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if total(middle) < target:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-17 * high:
+            break
+    return np.clip(high * raw, floors, 1.0).tolist()
+
+
+def _distribute(shapes, density, groups, score) -> list[float]:
+    density = check_density(density)
+    layouts = _layouts(shapes, groups)
+    sizes = np.array([layout.size for layout in layouts], dtype=np.float64)
+    floors = np.array([layout.floor / layout.block_size for layout in layouts])
+    raw = np.array([score(layout.shape) for layout in layouts], dtype=np.float64)
+    return _solve(raw, sizes, floors, density)
+
+
+def uniform(shapes: Sequence[Sequence[int]], density: float, *, groups: Sequence[int] | None = None) -> list[float]:
+    """The same density for every layer, except where a floor forces more (then less elsewhere).
+
+    Examples
+    --------
+    >>> uniform([(64, 32), (10, 64)], 0.5)
+    [0.5, 0.5]
+    """
+    return _distribute(shapes, density, groups, lambda shape: 1.0)
+
+
+def erdos_renyi(shapes: Sequence[Sequence[int]], density: float, *, groups: Sequence[int] | None = None) -> list[float]:
+    """Erdos-Renyi: density proportional to ``(out + in) / (out * in)`` (kernel ignored)."""
+    return _distribute(shapes, density, groups, lambda shape: (shape[0] + shape[1]) / (shape[0] * shape[1]))
+
+
+def erk(shapes: Sequence[Sequence[int]], density: float, *, groups: Sequence[int] | None = None) -> list[float]:
+    """Erdos-Renyi-Kernel (RigL): density proportional to ``sum(shape) / prod(shape)``.
+
+    Examples
+    --------
+    >>> densities = erk([(256, 784), (256, 256), (10, 256)], 0.1)
+    >>> sizes = [256 * 784, 256 * 256, 10 * 256]
+    >>> abs(sum(d * n for d, n in zip(densities, sizes)) - 0.1 * sum(sizes)) < 1
+    True
+    """
+    return _distribute(shapes, density, groups, lambda shape: sum(shape) / math.prod(shape))
+
+
+_BY_NAME = {"uniform": uniform, "er": erdos_renyi, "erdos_renyi": erdos_renyi, "erk": erk}
+
+
+def layer_densities(
+    distribution: str | Mapping[str, float],
+    shapes: Sequence[Sequence[int]],
+    density: float | None,
+    *,
+    names: Sequence[str] | None = None,
+    groups: Sequence[int] | None = None,
+) -> list[float]:
+    """Resolve a distribution argument the way every adapter's ``sparsify`` takes it.
+
+    ``distribution`` is a name in :data:`DISTRIBUTIONS`, or a mapping from layer
+    name (``names[l]``) to density, which must cover every layer.
+    """
+    if isinstance(distribution, Mapping):
+        if names is None:
+            raise ValueError("a distribution given as a mapping needs the layer names")
+        missing = [name for name in names if name not in distribution]
+        if missing:
+            raise ValueError(f"distribution mapping has no density for layers {missing}")
+        unknown = sorted(set(distribution) - set(names))
+        if unknown:
+            raise ValueError(f"distribution mapping names layers that are not selected: {unknown}")
+        return [check_density(distribution[name]) for name in names]
+    if not isinstance(distribution, str) or distribution not in _BY_NAME:
+        raise ValueError(
+            f"distribution must be one of {DISTRIBUTIONS} or a mapping of layer name to density, "
+            f"got {distribution!r}"
+        )
+    return _BY_NAME[distribution](shapes, density, groups=groups)

@@ -1,0 +1,88 @@
+"""The random streams every engine consumes, defined once.
+
+Both engines read the same numbers in the same order, which is what makes
+them agree bit for bit on the mask:
+
+* ``rng`` (SPEC 7: ``None | int | numpy.random.Generator``) is split with
+  ``Generator.spawn`` into one child per group, and each child into a
+  *rotation* stream and a *fill* stream, so the two phases never share draws.
+* The rotation stream is drawn in blocks of ``ROTATION_BLOCK``: the first
+  index ``i ~ U{0..m-1}``, the second ``j ~ U{0..m-2}`` shifted past ``i`` (so
+  ``i != j`` uniformly), and ``theta ~ U[0, 2 pi)``; cosines and sines are
+  taken here once so no engine depends on its own ``sin``/``cos``.
+* The fill draws ``count`` distinct ranks among the zero positions of a block
+  (row-major order) with ``Generator.choice``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterator
+
+import numpy as np
+
+__all__ = ["as_generator", "split", "RotationStream", "fill_ranks", "ROTATION_BLOCK"]
+
+ROTATION_BLOCK = 4096
+
+
+def as_generator(rng: Any) -> np.random.Generator:
+    """SPEC 7: turn ``None``, a non-negative ``int`` or a ``Generator`` into a Generator."""
+    if rng is None or isinstance(rng, np.random.Generator):
+        return np.random.default_rng(rng)
+    if isinstance(rng, numbers.Integral) and not isinstance(rng, (bool, np.bool_)):
+        if rng < 0:
+            raise ValueError(f"rng must be a non-negative integer seed, got {rng}")
+        return np.random.default_rng(int(rng))
+    if isinstance(rng, (np.random.SeedSequence, np.random.BitGenerator)):
+        return np.random.default_rng(rng)
+    raise TypeError(
+        "rng must be None, a non-negative int or a numpy.random.Generator "
+        f"(SPEC 7), got {rng!r} of type {type(rng).__name__}"
+    )
+
+
+def split(generator: np.random.Generator, count: int) -> list[np.random.Generator]:
+    """``count`` independent children of ``generator`` (does not advance its stream)."""
+    return generator.spawn(count)
+
+
+class RotationStream:
+    """Random Givens rotations on the columns of a matrix with ``cols`` columns.
+
+    Iterating yields blocks ``(i, j, cos, sin)`` of ``ROTATION_BLOCK`` rotations.
+    ``angle`` fixes every rotation angle (radians) instead of drawing it; it
+    exists for the angle ablation of the paper's Appendix G.
+    """
+
+    def __init__(self, generator: np.random.Generator, cols: int, angle: float | None = None):
+        if cols < 2:
+            raise ValueError(f"a Givens rotation needs at least 2 columns, got {cols}")
+        self.generator = generator
+        self.cols = cols
+        self.angle = angle
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        while True:
+            yield self.next_block()
+
+    def next_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        draw = self.generator
+        first = draw.integers(0, self.cols, size=ROTATION_BLOCK)
+        second = draw.integers(0, self.cols - 1, size=ROTATION_BLOCK)
+        second += second >= first
+        if self.angle is None:
+            theta = draw.uniform(0.0, 2.0 * math.pi, size=ROTATION_BLOCK)
+        else:
+            theta = np.full(ROTATION_BLOCK, float(self.angle))
+        return first, second, np.cos(theta), np.sin(theta)
+
+
+def fill_ranks(generator: np.random.Generator, zeros: int, count: int) -> np.ndarray:
+    """Sorted ranks of ``count`` distinct zero positions out of ``zeros``."""
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    ranks = generator.choice(zeros, size=count, replace=False, shuffle=False)
+    ranks.sort()
+    return ranks.astype(np.int64, copy=False)
