@@ -1,68 +1,106 @@
-"""Numba kernels for :mod:`eoi_core.theory` (imported lazily: Numba is slow to import)."""
+"""Numba kernels for :mod:`eoi_core.theory` (imported lazily: Numba is slow to import).
+
+The distribution ``p`` of the support size ``k`` is advanced one rotation at a
+time by ``q[k] = p[k] (1 - l_k) + p[k - 1] l_{k-1}``: a stream with no
+reduction, which the compiler vectorises.  The mean is taken only where it is
+asked for.  States above the highest one holding mass >= ``TAIL`` are not
+visited: the upper tail of ``k`` is geometric, so what is left out changes the
+mean by far less than float64 rounding.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+TAIL = 1e-60
+CHECKPOINT = 256
+
 
 @njit(cache=True, nogil=True)
-def _rates(width):
-    rates = np.zeros(width + 2)
+def _chain(width):
+    stay = np.ones(width + 2)
+    move = np.zeros(width + 2)  # move[k] = l_{k-1}: the rate into k
     for k in range(1, width + 1):
-        rates[k] = 2.0 * k * (width - k) / (width * (width - 1.0))
-    return rates
+        rate = 2.0 * k * (width - k) / (width * (width - 1.0))
+        stay[k] = 1.0 - rate
+        move[k + 1] = rate
+    p = np.zeros(width + 2)
+    p[1] = 1.0
+    return stay, move, p
 
 
 @njit(cache=True, nogil=True)
-def _advance(p, q, rates, top):
-    """One rotation: ``q = p P`` over ``k = 1..top`` (``top`` = highest reachable k); return growth."""
-    growth = 0.0
-    q[1] = p[1] * (1.0 - rates[1])
-    for k in range(2, top + 1):
-        q[k] = p[k] * (1.0 - rates[k]) + p[k - 1] * rates[k - 1]
+def _step(p, q, stay, move, top, width):
+    """One rotation from ``p`` into ``q``; return the new ``top``.
+
+    Only ``p[:top + 1]`` is read: entries above ``top`` may be stale.
+    """
     for k in range(1, top + 1):
-        growth += p[k] * rates[k]
-    return growth
+        q[k] = p[k] * stay[k] + p[k - 1] * move[k]
+    if top < width:
+        top += 1
+        q[top] = p[top - 1] * move[top]
+    while top > 1 and q[top] < TAIL:
+        q[top] = 0.0
+        top -= 1
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _mean(p, top):
+    total = 0.0
+    for k in range(1, top + 1):
+        total += k * p[k]
+    return total
 
 
 @njit(cache=True, nogil=True)
 def mean_support(width, targets):
     """``E[k_t]`` for each ``t`` in the sorted, unique ``targets``."""
-    means = np.empty(targets.shape[0])
-    rates = _rates(width)
-    p = np.zeros(width + 2)
+    stay, move, p = _chain(width)
     q = np.zeros(width + 2)
-    p[1] = 1.0
-    mean = 1.0
+    means = np.empty(targets.shape[0])
     top = 1
     step = 0
     for index in range(targets.shape[0]):
         while step < targets[index]:
-            top = min(top + 1, width)
-            mean += _advance(p, q, rates, top)
+            top = _step(p, q, stay, move, top, width)
             p, q = q, p
             step += 1
-        means[index] = mean
+        means[index] = _mean(p, top)
     return means
 
 
 @njit(cache=True, nogil=True)
 def first_reaching(width, target_mean):
-    """Smallest ``t`` with ``E[k_t] >= target_mean`` (``target_mean < width``)."""
-    rates = _rates(width)
-    p = np.zeros(width + 2)
+    """Smallest ``t`` with ``E[k_t] >= target_mean`` (``target_mean < width``).
+
+    Advances in chunks of ``CHECKPOINT`` rotations, keeping the distribution at
+    the start of each chunk; the chunk that crosses the target is replayed
+    one rotation at a time.
+    """
+    stay, move, p = _chain(width)
     q = np.zeros(width + 2)
-    p[1] = 1.0
-    mean = 1.0
+    saved = p.copy()
     top = 1
     step = 0
-    while mean < target_mean:
-        top = min(top + 1, width)
-        growth = _advance(p, q, rates, top)
-        if growth == 0.0:  # float64 cannot get closer to the target
-            break
-        mean += growth
-        p, q = q, p
-        step += 1
+    while _mean(p, top) < target_mean:
+        saved[: top + 1] = p[: top + 1]
+        saved_top = top
+        for _ in range(CHECKPOINT):
+            top = _step(p, q, stay, move, top, width)
+            p, q = q, p
+        step += CHECKPOINT
+        if _mean(p, top) >= target_mean:
+            p[:] = 0.0
+            p[: saved_top + 1] = saved[: saved_top + 1]
+            q[:] = 0.0
+            top = saved_top
+            step -= CHECKPOINT
+            while _mean(p, top) < target_mean:
+                top = _step(p, q, stay, move, top, width)
+                p, q = q, p
+                step += 1
+            return step
     return step

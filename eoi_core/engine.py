@@ -1,29 +1,35 @@
 """The Numba engine: the reference's results, at close to the cost of writing them.
 
 Same rotation stream, same stopping rule, same fill as :mod:`eoi_core.reference`;
-the work is reorganised (DESIGN.md section 4):
+the work is reorganised (DESIGN.md section 4).  For the wide ``n x m`` Givens
+matrix ``G`` (``n <= m``):
 
-1. **Pattern pass** on bitsets.  The support of every column of the wide
-   ``n x m`` block is a bitset of ``n`` bits; a rotation ORs two of them, and
-   its growth is a popcount.  The pattern does not depend on the angles, so
-   this pass alone finds where the Givens phase stops, at O(n / 64) per
-   rotation, and the final support of every column.
-2. **Value pass** in compressed-column storage laid out on those *final*
-   supports, so memory is the output plus O(non-zeros) and never an
-   ``m x m`` or dense float64 temporary.  A rotation only has to touch the
-   rows both columns will ever hold (outside them both entries are zero at
-   that moment and stay zero), found by merging two sorted row lists.
-3. **Scatter** of the values (cast once to the output dtype, then copied as
-   raw bits) and of the mask into the caller's output views.
+1. **Pattern pass** on bitsets.  The support of every column is a bitset of
+   ``n`` bits; a rotation ORs two of them and its growth is a popcount.  The
+   pattern does not depend on the angles, so this pass alone finds where the
+   Givens phase stops and every column's final support size, at O(n / 64)
+   per rotation.
+2. **Value pass** in compressed-column storage whose slots are sized by those
+   final supports, so memory is the output plus O(non-zeros): no ``m x m``
+   and no dense float64 temporary.  Each column keeps its *current* support
+   as a prefix of its slot (rows in order of arrival), so a rotation costs
+   O(|S_i| + |S_j|) of the supports it actually has, found with a stamped
+   row-position scratch of ``n`` entries that stays in cache.  Rows present in
+   one column only get ``c*a`` / ``s*a`` (or ``-s*b`` / ``c*b``), which are
+   exactly what the reference computes from ``c*a - s*0`` etc.
+3. **Scatter** of the values, cast once to the output dtype and copied as raw
+   bits, and of the mask.  When the weight is ``G^T`` (``out >= in``) a column
+   of ``G`` is a contiguous row of the weight; when it is ``G`` (``out < in``)
+   the entries are first bucketed by row (a counting sort) so that the
+   writes stream through memory instead of striding across it.
 
-The fill walks the block mask once, setting the zero positions whose rank
-was drawn.
+The fill skips 8 mask bytes at a time (a popcount of their 0/1 bytes) to the
+zero positions whose rank was drawn.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -44,24 +50,12 @@ def _popcount(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
-@intrinsic
-def _trailing_zeros(typingctx, word):
-    """LLVM's ``cttz`` on a uint64 (undefined for 0; callers never pass 0)."""
-    if word != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
-
-    return types.uint64(types.uint64), codegen
-
-
 @njit(cache=True, nogil=True)
 def _pattern(bits, counts, nnz, budget, first, second, limit):
     """Advance the support pattern through at most ``limit`` rotations.
 
     Returns ``(rotations applied, nnz, stopped)``; ``stopped`` is True when the
-    next rotation would exceed ``budget`` or the support reached it.
+    next rotation would exceed ``budget`` or the support has reached it.
     """
     words = bits.shape[1]
     for t in range(limit):
@@ -92,87 +86,129 @@ def _pattern(bits, counts, nnz, budget, first, second, limit):
 
 
 @njit(cache=True, nogil=True)
-def _compress(bits, counts):
-    """Compressed-column storage ``(starts, rows)`` of the final supports (rows sorted)."""
-    cols = bits.shape[0]
-    words = bits.shape[1]
-    starts = np.empty(cols + 1, dtype=np.int64)
-    starts[0] = 0
-    for j in range(cols):
-        starts[j + 1] = starts[j] + counts[j]
+def _values(starts, n, first, second, cos, sin):
+    """Replay the rotations on values stored in slots sized by the final supports.
+
+    Returns ``(rows, values)``: slot ``starts[j]:starts[j+1]`` of column ``j``
+    holds its rows (in order of arrival) and float64 values.
+    """
+    cols = starts.shape[0] - 1
     rows = np.empty(starts[cols], dtype=np.int32)
-    for j in range(cols):
-        p = starts[j]
-        for w in range(words):
-            word = bits[j, w]
-            while word:
-                rows[p] = np.int32(w * 64 + np.int64(_trailing_zeros(word)))
-                p += 1
-                word &= word - np.uint64(1)
-    return starts, rows
-
-
-@njit(cache=True, nogil=True)
-def _values(starts, rows, n, first, second, cos, sin):
-    """Replay the applied rotations on float64 values stored on the final supports."""
-    values = np.zeros(rows.shape[0], dtype=np.float64)
-    for j in range(n):  # the identity: row j of column j holds 1
-        p = starts[j]
-        while rows[p] != j:
-            p += 1
-        values[p] = 1.0
+    values = np.empty(starts[cols], dtype=np.float64)
+    length = np.zeros(cols, dtype=np.int64)
+    for j in range(n):  # the identity: column j holds row j
+        rows[starts[j]] = j
+        values[starts[j]] = 1.0
+        length[j] = 1
+    position = np.empty(n, dtype=np.int64)
+    stamp = np.zeros(n, dtype=np.int64)
     for t in range(first.shape[0]):
         i = first[t]
         j = second[t]
         c = cos[t]
         s = sin[t]
-        p = starts[i]
-        p_end = starts[i + 1]
-        q = starts[j]
-        q_end = starts[j + 1]
-        while p < p_end and q < q_end:
-            row_i = rows[p]
-            row_j = rows[q]
-            if row_i == row_j:
+        base_i = starts[i]
+        base_j = starts[j]
+        old_i = length[i]
+        old_j = length[j]
+        mark = 2 * t + 2  # this rotation's stamps: `mark` = in column i, `mark + 1` = also in j
+        for p in range(base_i, base_i + old_i):
+            stamp[rows[p]] = mark
+            position[rows[p]] = p
+        new_i = old_i
+        for q in range(base_j, base_j + old_j):
+            r = rows[q]
+            b = values[q]
+            if stamp[r] == mark:
+                p = position[r]
                 a = values[p]
-                b = values[q]
                 values[p] = c * a - s * b
                 values[q] = s * a + c * b
-                p += 1
-                q += 1
-            elif row_i < row_j:
-                p += 1
-            else:
-                q += 1
-    return values
+                stamp[r] = mark + 1
+            else:  # only in column j: column i gains row r
+                slot = base_i + new_i
+                rows[slot] = r
+                values[slot] = -(s * b)
+                values[q] = c * b
+                new_i += 1
+        new_j = old_j
+        for p in range(base_i, base_i + old_i):
+            r = rows[p]
+            if stamp[r] == mark:  # only in column i: column j gains row r
+                a = values[p]
+                slot = base_j + new_j
+                rows[slot] = r
+                values[slot] = s * a
+                values[p] = c * a
+                new_j += 1
+        length[i] = new_i
+        length[j] = new_j
+    return rows, values
 
 
 @njit(cache=True, nogil=True)
-def _scatter(weight_bits, mask, starts, rows, value_bits):
-    """``weight[r, j] = value``, ``mask[r, j] = True`` for every stored entry (wide view)."""
+def _scatter_columns(weight_bits, mask, starts, rows, value_bits):
+    """Weight is ``G^T``: column ``j`` of ``G`` is the contiguous row ``j``."""
     for j in range(starts.shape[0] - 1):
         for p in range(starts[j], starts[j + 1]):
             r = rows[p]
-            weight_bits[r, j] = value_bits[p]
-            mask[r, j] = True
+            weight_bits[j, r] = value_bits[p]
+            mask[j, r] = True
 
 
 @njit(cache=True, nogil=True)
-def _fill(flat_mask, ranks):
-    """Set the zero positions of the given sorted ranks to True."""
+def _scatter_rows(weight_bits, mask, starts, rows, value_bits):
+    """Weight is ``G``: bucket the entries by row (counting sort), then write row by row."""
+    n = weight_bits.shape[0]
+    cols = starts.shape[0] - 1
+    row_starts = np.zeros(n + 1, dtype=np.int64)
+    for p in range(rows.shape[0]):
+        row_starts[rows[p] + 1] += 1
+    for r in range(n):
+        row_starts[r + 1] += row_starts[r]
+    cursor = row_starts[:n].copy()
+    bucket_cols = np.empty(rows.shape[0], dtype=np.int32)
+    bucket_bits = np.empty(rows.shape[0], dtype=value_bits.dtype)
+    for j in range(cols):
+        for p in range(starts[j], starts[j + 1]):
+            r = rows[p]
+            d = cursor[r]
+            bucket_cols[d] = j
+            bucket_bits[d] = value_bits[p]
+            cursor[r] = d + 1
+    for r in range(n):
+        for d in range(row_starts[r], row_starts[r + 1]):
+            weight_bits[r, bucket_cols[d]] = bucket_bits[d]
+            mask[r, bucket_cols[d]] = True
+
+
+@njit(cache=True, nogil=True)
+def _fill(flat, words, head, ranks):
+    """Set the zero bytes of ``flat`` with the given sorted ranks to True.
+
+    ``words`` is the uint64 view of ``flat[head:head + 8 * len(words)]``; a
+    word of 0/1 bytes holds ``8 - popcount(word)`` zeros, which lets the walk
+    skip whole words that hold no wanted rank.
+    """
     wanted = ranks.shape[0]
-    if wanted == 0:
-        return
     k = 0
     zero_rank = 0
-    for p in range(flat_mask.shape[0]):
-        if not flat_mask[p]:
+    p = 0
+    size = flat.shape[0]
+    word_end = head + 8 * words.shape[0]
+    while k < wanted and p < size:
+        if p >= head and p < word_end and (p - head) % 8 == 0:
+            zeros = 8 - np.int64(_popcount(words[(p - head) // 8]))
+            if zero_rank + zeros <= ranks[k]:
+                zero_rank += zeros
+                p += 8
+                continue
+        if not flat[p]:
             if zero_rank == ranks[k]:
-                flat_mask[p] = True
+                flat[p] = True
                 k += 1
-                if k == wanted:
-                    return
             zero_rank += 1
+        p += 1
 
 
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -188,8 +224,8 @@ def write_givens(
 ) -> tuple[int, int]:
     """Same contract as :func:`eoi_core.reference.write_givens`."""
     out, inp = weight.shape
-    tall = out > inp
-    rows, cols = (inp, out) if tall else (out, inp)
+    transposed = out >= inp
+    rows, cols = (inp, out) if transposed else (out, inp)
     words = (rows + 63) // 64
     bits = np.zeros((cols, words), dtype=np.uint64)
     diagonal = np.arange(rows)
@@ -213,17 +249,25 @@ def write_givens(
     else:
         first = second = np.empty(0, dtype=np.int64)
         cos = sin = np.empty(0, dtype=np.float64)
-    starts, support_rows = _compress(bits, counts)
-    values = _values(starts, support_rows, rows, first, second, cos, sin)
+    del bits
+    starts = np.zeros(cols + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    support_rows, values = _values(starts, rows, first, second, cos, sin)
     if gain != 1.0:
         values *= gain
-    cast = values.astype(weight.dtype)
-    uint = _UINT[weight.dtype.itemsize]
-    wide_weight, wide_mask = (weight.T, mask.T) if tall else (weight, mask)
-    _scatter(wide_weight.view(uint), wide_mask, starts, support_rows, cast.view(uint))
+    value_bits = values.astype(weight.dtype).view(_UINT[weight.dtype.itemsize])
+    del values
+    weight_bits = weight.view(_UINT[weight.dtype.itemsize])
+    scatter = _scatter_columns if transposed else _scatter_rows
+    scatter(weight_bits, mask, starts, support_rows, value_bits)
     return int(first.shape[0]), int(nnz)
 
 
 def fill(flat_mask: np.ndarray, ranks: np.ndarray) -> None:
     """Same contract as :func:`eoi_core.reference.fill`."""
-    _fill(flat_mask, ranks)
+    if ranks.shape[0] == 0:
+        return
+    head = (-flat_mask.ctypes.data) % 8
+    whole = max(0, (flat_mask.shape[0] - head) // 8)
+    words = flat_mask[head : head + 8 * whole].view(np.uint64)
+    _fill(flat_mask, words, head, ranks)

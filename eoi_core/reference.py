@@ -3,8 +3,10 @@
 It follows the paper step by step (DESIGN.md section 1) and favours clarity
 over speed; the Numba engine must reproduce it exactly.
 
-Givens phase, for an ``n x m`` block with ``n <= m`` (a tall block is built
-wide and transposed, so that its columns are orthonormal instead):
+Givens phase, for an ``n x m`` block with ``n <= m``, ``n = min(out, in)``,
+``m = max(out, in)``; the wide result ``G`` is the weight when ``out < in``
+(orthonormal rows) and ``G^T`` is the weight when ``out >= in`` (orthonormal
+columns; a square block is also built this way):
 
 1. ``W = I_n`` padded with zero columns to ``n x m``; its support has ``n``
    entries.
@@ -77,7 +79,7 @@ def write_givens(
     are all zero on entry.  Returns ``(rotations applied, non-zeros written)``.
     """
     out, inp = weight.shape
-    tall = out > inp
+    tall = out >= inp
     rows, cols = (inp, out) if tall else (out, inp)
     values, support, applied = givens_wide(rows, cols, budget, stream, max_rotations)
     if tall:

@@ -86,7 +86,7 @@ def rotations_for_density(rows: int, cols: int, density: float) -> int:
     if density >= 1.0:
         raise ValueError(
             "density must be < 1 for rotations_for_density: the expected density after t "
-            "rotations approaches 1 only as t grows without bound"
+            "rotations approaches 1 only asymptotically"
         )
     if density * width <= 1.0:
         return 0

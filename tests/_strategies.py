@@ -1,0 +1,47 @@
+"""Hypothesis strategies shared by the core's tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+import eoi_core
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+
+
+@st.composite
+def dense_shapes(draw, max_dim: int = 48) -> tuple[int, int]:
+    return (draw(st.integers(1, max_dim)), draw(st.integers(1, max_dim)))
+
+
+@st.composite
+def kernel_shapes(draw, max_channels: int = 12) -> tuple[tuple[int, ...], int]:
+    """A canonical conv shape ``(out, in // groups, *kernel)`` and its ``groups``."""
+    groups = draw(st.integers(1, 3))
+    out = groups * draw(st.integers(1, max_channels))
+    inp = draw(st.integers(1, max_channels))
+    kernel = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    return (out, inp) + kernel, groups
+
+
+@st.composite
+def feasible_density(draw, shape: tuple[int, ...], groups: int = 1) -> float:
+    """A density in [min_density, 1], biased towards the sparse end."""
+    low = eoi_core.min_density(shape, groups)
+    return draw(st.one_of(st.just(low), st.just(1.0), st.floats(low, 1.0)))
+
+
+def seeds() -> st.SearchStrategy[int]:
+    return st.integers(0, 2**32 - 1)
+
+
+def orthogonality_bound(dtype: str, gain: float, shape: tuple[int, ...]) -> float:
+    """``8 eps(dtype) g^2 sqrt(max(out, in))``: the tolerance of the exactness promise."""
+    return 8 * eoi_core.dtypes.eps(dtype) * gain**2 * math.sqrt(max(shape[0], shape[1]))
+
+
+def as_float64(array: np.ndarray) -> np.ndarray:
+    return np.asarray(array).astype(np.float64)

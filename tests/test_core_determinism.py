@@ -1,0 +1,69 @@
+"""Promise: SPEC 7 randomness; the same seed gives the same bits, different seeds differ,
+and NumPy's global state is never touched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import eoi_core
+from _strategies import seeds
+
+SHAPES = [(40, 24), (24, 40), (32, 32), (16, 8, 3, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_same_seed_same_bits(shape):
+    first = eoi_core.sparse_orthogonal(shape, 0.3, rng=123)
+    second = eoi_core.sparse_orthogonal(shape, 0.3, rng=123)
+    assert first[0].tobytes() == second[0].tobytes()
+    assert np.array_equal(first[1], second[1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds(), other=seeds())
+def test_different_seeds_differ(seed, other):
+    if seed == other:
+        return
+    first, _ = eoi_core.sparse_orthogonal((32, 32), 0.2, rng=seed)
+    second, _ = eoi_core.sparse_orthogonal((32, 32), 0.2, rng=other)
+    assert not np.array_equal(first, second)
+
+
+def test_generator_gives_the_same_as_its_seed_and_advances():
+    by_int = eoi_core.sparse_orthogonal((20, 30), 0.3, rng=7)[0]
+    generator = np.random.default_rng(7)
+    first = eoi_core.sparse_orthogonal((20, 30), 0.3, rng=generator)[0]
+    second = eoi_core.sparse_orthogonal((20, 30), 0.3, rng=generator)[0]
+    assert np.array_equal(by_int, first)
+    assert not np.array_equal(first, second)
+
+
+def test_none_draws_fresh_entropy():
+    first = eoi_core.sparse_orthogonal((32, 32), 0.2)[0]
+    second = eoi_core.sparse_orthogonal((32, 32), 0.2)[0]
+    assert not np.array_equal(first, second)
+
+
+def test_global_numpy_state_is_untouched():
+    np.random.seed(0)
+    state = np.random.get_state()[1].copy()
+    eoi_core.sparse_orthogonal((16, 16), 0.5, rng=None)
+    eoi_core.givens_compose(8, 8, 10, rng=None)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+@pytest.mark.parametrize("engine", eoi_core.ENGINES)
+def test_known_answer_is_stable_across_versions(engine):
+    # A fixed seed must keep giving the same mask: this pins the random-stream
+    # protocol (spawned children, blocks of rotations, fill ranks).
+    _, mask = eoi_core.sparse_orthogonal((6, 4), 0.5, rng=2024, engine=engine)
+    assert mask.sum() == 12
+    assert np.array_equal(mask, KNOWN_MASK)
+
+
+KNOWN_MASK = np.array(
+    [[1, 0, 0, 0], [0, 1, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=bool
+)
