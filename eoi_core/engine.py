@@ -100,8 +100,9 @@ def _values(starts, n, first, second, cos, sin):
         rows[starts[j]] = j
         values[starts[j]] = 1.0
         length[j] = 1
-    position = np.empty(n, dtype=np.int64)
-    stamp = np.zeros(n, dtype=np.int64)
+    # tag[r] = (stamp << 32) | offset of row r in column i; stamp 2t+2 means "row r is
+    # in column i at rotation t", 2t+3 "and also in column j".  One array, one lookup.
+    tag = np.zeros(n, dtype=np.int64)
     for t in range(first.shape[0]):
         i = first[t]
         j = second[t]
@@ -111,20 +112,22 @@ def _values(starts, n, first, second, cos, sin):
         base_j = starts[j]
         old_i = length[i]
         old_j = length[j]
-        mark = 2 * t + 2  # this rotation's stamps: `mark` = in column i, `mark + 1` = also in j
-        for p in range(base_i, base_i + old_i):
-            stamp[rows[p]] = mark
-            position[rows[p]] = p
+        mark = np.int64(2 * t + 2)
+        for p in range(old_i):
+            tag[rows[base_i + p]] = (mark << 32) | p
         new_i = old_i
+        matched = 0
         for q in range(base_j, base_j + old_j):
             r = rows[q]
             b = values[q]
-            if stamp[r] == mark:
-                p = position[r]
+            entry = tag[r]
+            if (entry >> 32) == mark:
+                p = base_i + (entry & 0xFFFFFFFF)
                 a = values[p]
                 values[p] = c * a - s * b
                 values[q] = s * a + c * b
-                stamp[r] = mark + 1
+                tag[r] = (mark + 1) << 32
+                matched += 1
             else:  # only in column j: column i gains row r
                 slot = base_i + new_i
                 rows[slot] = r
@@ -132,15 +135,16 @@ def _values(starts, n, first, second, cos, sin):
                 values[q] = c * b
                 new_i += 1
         new_j = old_j
-        for p in range(base_i, base_i + old_i):
-            r = rows[p]
-            if stamp[r] == mark:  # only in column i: column j gains row r
-                a = values[p]
-                slot = base_j + new_j
-                rows[slot] = r
-                values[slot] = s * a
-                values[p] = c * a
-                new_j += 1
+        if matched < old_i:
+            for p in range(base_i, base_i + old_i):
+                r = rows[p]
+                if (tag[r] >> 32) == mark:  # only in column i: column j gains row r
+                    a = values[p]
+                    slot = base_j + new_j
+                    rows[slot] = r
+                    values[slot] = s * a
+                    values[p] = c * a
+                    new_j += 1
         length[i] = new_i
         length[j] = new_j
     return rows, values
