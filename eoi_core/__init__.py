@@ -8,6 +8,7 @@ Framework-neutral core (NumPy in, NumPy out, PyTorch's canonical layout).
 Public API
 ----------
 sparse_orthogonal      the (weight, mask) of EOI for any shape and density
+validate               raise what sparse_orthogonal would, building nothing
 givens_compose         exactly ``t`` random Givens rotations (for the density law)
 expected_density       the exact Markov-chain law of the density after ``t`` rotations
 rotations_for_density  the smallest ``t`` whose expected density reaches a target
@@ -18,7 +19,7 @@ layout                 canonical <-> channels-last layouts, the mask rounding ru
 """
 
 from . import distributions, layout
-from .api import ENGINES, givens_compose, orthogonality_error, sparse_orthogonal
+from .api import ENGINES, givens_compose, orthogonality_error, sparse_orthogonal, validate
 from .layout import mask_count, min_density
 from .theory import expected_density, rotations_for_density
 
@@ -33,6 +34,7 @@ __all__ = [
     "orthogonality_error",
     "rotations_for_density",
     "sparse_orthogonal",
+    "validate",
 ]
 
 __version__ = "0.1.0"

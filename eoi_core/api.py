@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._checks import check_density, check_gain, check_int
-from .budget import plan_budget
+from .budget import Budget, plan_budget
 from .dtypes import resolve_dtype
-from .layout import parse_layout
+from .layout import Layout, parse_layout
 from .randomness import RotationStream, as_generator, fill_ranks, split
 
-__all__ = ["sparse_orthogonal", "givens_compose", "orthogonality_error", "ENGINES"]
+__all__ = ["sparse_orthogonal", "validate", "givens_compose", "orthogonality_error", "ENGINES"]
 
 ENGINES = ("numba", "reference")
 
@@ -34,6 +35,52 @@ def _check_angle(angle: Any) -> float | None:
     if not np.isfinite(angle):
         raise ValueError(f"angle must be finite, got {angle!r}")
     return float(angle)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    layout: Layout
+    density: float
+    gain: float
+    dtype: np.dtype
+    budget: Budget
+
+
+def _plan(shape, density, gain, dtype, groups, center_density) -> _Plan:
+    layout = parse_layout(shape, groups)
+    density = check_density(density)
+    return _Plan(
+        layout=layout,
+        density=density,
+        gain=check_gain(gain),
+        dtype=resolve_dtype(dtype),
+        budget=plan_budget(layout, density, center_density),
+    )
+
+
+def validate(
+    shape: Sequence[int],
+    density: float,
+    *,
+    gain: float = 1.0,
+    dtype: Any = np.float32,
+    groups: int = 1,
+    center_density: float | str | None = None,
+) -> None:
+    """Raise exactly the error :func:`sparse_orthogonal` would raise for these arguments.
+
+    Builds nothing; for adapters that must fail early (at trace time in JAX,
+    when Keras calls an initializer) before any randomness is drawn.
+
+    Examples
+    --------
+    >>> validate((64, 32), 0.1)
+    >>> validate((64, 32), 0.001)
+    Traceback (most recent call last):
+    ...
+    ValueError: density=0.001 is infeasible for shape (64, 32) with groups=1: ...
+    """
+    _plan(shape, density, gain, dtype, groups, center_density)
 
 
 def sparse_orthogonal(
@@ -114,16 +161,13 @@ def sparse_orthogonal(
     >>> int(mask.sum()) == round(0.1 * 256 * 128)
     True
     """
-    layout = parse_layout(shape, groups)
-    density = check_density(density)
-    gain = check_gain(gain)
-    dtype = resolve_dtype(dtype)
+    plan = _plan(shape, density, gain, dtype, groups, center_density)
+    layout, budget = plan.layout, plan.budget
     angle = _check_angle(angle)
     implementation = _engine(engine)
     generator = as_generator(rng)
-    budget = plan_budget(layout, density, center_density)
 
-    weight = np.zeros(layout.shape, dtype=dtype)
+    weight = np.zeros(layout.shape, dtype=plan.dtype)
     mask = np.zeros(layout.shape, dtype=bool)
     centre = layout.centre_index()
     cols = max(layout.out_per_group, layout.in_per_group)
@@ -133,7 +177,7 @@ def sparse_orthogonal(
         block_weight = weight[layout.block(group)]
         block_mask = mask[layout.block(group)]
         _, nnz = implementation.write_givens(
-            block_weight[centre], block_mask[centre], budget.centre, stream, gain
+            block_weight[centre], block_mask[centre], budget.centre, stream, plan.gain
         )
         ranks = fill_ranks(fill_rng, layout.block_size - nnz, budget.block - nnz)
         implementation.fill(block_mask.reshape(-1), ranks)

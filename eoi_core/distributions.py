@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_density
+from ._checks import check_density, check_fraction
 from .layout import parse_layout
 
 __all__ = ["uniform", "erdos_renyi", "erk", "layer_densities", "DISTRIBUTIONS"]
@@ -69,7 +69,18 @@ def _solve(raw: np.ndarray, sizes: np.ndarray, floors: np.ndarray, density: floa
             high = middle
         if high - low <= 1e-17 * high:
             break
-    return np.clip(high * raw, floors, 1.0).tolist()
+    # Bisection only finds which layers are capped or floored; the scale of the
+    # free ones is then solved in closed form, normalised by the model size so
+    # that a uniform target comes back as exactly `density`.
+    scaled = high * raw
+    free = (scaled > floors) & (scaled < 1.0)
+    if not free.any():
+        return np.clip(scaled, floors, 1.0).tolist()
+    clipped = np.where(scaled >= 1.0, 1.0, floors)
+    total_size = sizes.sum()
+    remaining = density - float((clipped * sizes)[~free].sum() / total_size)
+    scale = remaining / float((raw * sizes)[free].sum() / total_size)
+    return np.where(free, np.clip(scale * raw, floors, 1.0), clipped).tolist()
 
 
 def _distribute(shapes, density, groups, score) -> list[float]:
@@ -135,7 +146,7 @@ def layer_densities(
         unknown = sorted(set(distribution) - set(names))
         if unknown:
             raise ValueError(f"distribution mapping names layers that are not selected: {unknown}")
-        return [check_density(distribution[name]) for name in names]
+        return [check_fraction(distribution[name], f"distribution[{name!r}]") for name in names]
     if not isinstance(distribution, str) or distribution not in _BY_NAME:
         raise ValueError(
             f"distribution must be one of {DISTRIBUTIONS} or a mapping of layer name to density, "

@@ -60,6 +60,16 @@ def test_any_feasible_target_is_met_with_caps_and_floors(shapes, fraction, funct
         eoi_core.sparse_orthogonal(shape, d, rng=0)
 
 
+@pytest.mark.parametrize(
+    "shapes", [[(4, 4, 5, 5), (8, 4, 3, 3)], [(11, 5), (11, 9)], [(3, 7), (70, 10), (5, 5, 3)]]
+)
+@pytest.mark.parametrize("density", [0.1, 0.9, 0.55])
+def test_uniform_without_binding_floors_is_exactly_the_target(shapes, density):
+    if any(eoi_core.min_density(shape) > density for shape in shapes):
+        return
+    assert distributions.uniform(shapes, density) == [density] * len(shapes)
+
+
 def test_erk_caps_small_layers_and_redistributes():
     shapes = [(4, 4), (1000, 1000)]
     densities = distributions.erk(shapes, 0.05)
@@ -113,6 +123,6 @@ def test_layer_densities_resolves_names_and_mappings():
         distributions.layer_densities({"a": 0.5}, shapes, None, names=["a", "b"])
     with pytest.raises(ValueError, match="distribution must be one of"):
         distributions.layer_densities("gaussian", shapes, 0.3)
-    with pytest.raises(ValueError, match="density"):
+    with pytest.raises(ValueError, match=r"distribution\['a'\] must lie in"):
         distributions.layer_densities({"a": 1.5, "b": 0.2}, shapes, None, names=["a", "b"])
     assert np.isclose(sum(distributions.uniform([(10, 10)], 0.5)), 0.5)
