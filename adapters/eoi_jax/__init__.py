@@ -1,0 +1,24 @@
+"""eoi_jax: Exact Orthogonal Initialization for JAX, Flax and optax.
+
+>>> import jax, jax.numpy as jnp, flax.linen as nn, optax
+>>> import eoi_jax
+>>> model = nn.Sequential([nn.Dense(64, kernel_init=eoi_jax.eoi(0.25)), nn.relu, nn.Dense(10)])
+>>> params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 32)))["params"]
+>>> params, masks = eoi_jax.sparsify(params, 0.2, jax.random.key(1))
+>>> optimizer = optax.chain(optax.adamw(1e-3), eoi_jax.keep_masked(masks))
+
+Public API
+----------
+eoi            ``jax.nn.initializers``-style factory: ``eoi(density)(key, shape, dtype)``
+eoi_with_mask  the weight and its bool mask of trainable entries, Flax layout
+sparsify       EOI for every kernel of a Flax params pytree: ``(params, masks)``
+keep_masked    optax transformation keeping masked-out entries exactly zero
+key_seed       the integer seed the core receives for a concrete key
+"""
+
+from .initializers import eoi, eoi_with_mask
+from .keys import key_seed
+from .sparsify import sparsify
+from .transforms import KeepMaskedState, keep_masked
+
+__all__ = ["eoi", "eoi_with_mask", "sparsify", "keep_masked", "KeepMaskedState", "key_seed"]
