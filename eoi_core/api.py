@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._checks import check_density, check_gain, check_int
+from .checks import check_density, check_gain, check_int
 from .budget import Budget, plan_budget
 from .dtypes import resolve_dtype
 from .layout import Layout, parse_layout

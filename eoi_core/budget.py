@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_fraction
+from .checks import check_fraction
 from .layout import Layout, mask_count
 
 __all__ = ["Budget", "plan_budget", "CENTER_POLICIES"]

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_density, check_fraction
+from .checks import check_density, check_fraction
 from .layout import parse_layout
 
 __all__ = ["uniform", "erdos_renyi", "erk", "layer_densities", "DISTRIBUTIONS"]

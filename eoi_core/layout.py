@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._checks import check_int
+from .checks import check_int
 
 __all__ = [
     "Layout",

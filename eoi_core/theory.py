@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_fraction, check_int
+from .checks import check_fraction, check_int
 
 __all__ = ["expected_density", "rotations_for_density"]
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import eoi_core
-from eoi_core._checks import check_density, check_fraction, check_gain, check_int
+from eoi_core.checks import check_density, check_fraction, check_gain, check_int
 from eoi_core.budget import CENTER_POLICIES
 from eoi_core.dtypes import resolve_dtype
 from eoi_core.layout import canonical_shape, to_channels_last

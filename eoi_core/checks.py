@@ -1,4 +1,4 @@
-"""Argument validation shared by every public entry point.
+"""Argument validation shared by every public entry point (and by the adapters).
 
 Each check either returns the normalised value or raises a ``TypeError`` /
 ``ValueError`` whose message names the argument, the offending value and what
