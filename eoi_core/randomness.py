@@ -6,7 +6,9 @@ them agree bit for bit on the mask:
 * ``rng`` (SPEC 7: ``None | int | numpy.random.Generator``) is split with
   ``Generator.spawn`` into one child per group, and each child into a
   *rotation* stream and a *fill* stream, so the two phases never share draws.
-* The rotation stream is drawn in blocks of ``ROTATION_BLOCK``: the first
+* The rotation stream is drawn in blocks of ``FIRST_BLOCK`` rotations,
+  doubling up to ``ROTATION_BLOCK`` (small layers draw little, large ones
+  make few calls); in each block, the first
   index ``i ~ U{0..m-1}``, the second ``j ~ U{0..m-2}`` shifted past ``i`` (so
   ``i != j`` uniformly), and ``theta ~ U[0, 2 pi)``; cosines and sines are
   taken here once so no engine depends on its own ``sin``/``cos``.
@@ -22,8 +24,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["as_generator", "split", "RotationStream", "fill_ranks", "ROTATION_BLOCK"]
+__all__ = ["as_generator", "split", "RotationStream", "fill_ranks", "FIRST_BLOCK", "ROTATION_BLOCK"]
 
+FIRST_BLOCK = 256
 ROTATION_BLOCK = 4096
 
 
@@ -51,7 +54,8 @@ def split(generator: np.random.Generator, count: int) -> list[np.random.Generato
 class RotationStream:
     """Random Givens rotations on the columns of a matrix with ``cols`` columns.
 
-    Iterating yields blocks ``(i, j, cos, sin)`` of ``ROTATION_BLOCK`` rotations.
+    Iterating yields blocks ``(i, j, cos, sin)`` of ``FIRST_BLOCK``, twice that,
+    ... up to ``ROTATION_BLOCK`` rotations.
     ``angle`` fixes every rotation angle (radians) instead of drawing it; it
     exists for the angle ablation of the paper's Appendix G.
     """
@@ -62,6 +66,7 @@ class RotationStream:
         self.generator = generator
         self.cols = cols
         self.angle = angle
+        self.block = FIRST_BLOCK
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         while True:
@@ -69,13 +74,15 @@ class RotationStream:
 
     def next_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         draw = self.generator
-        first = draw.integers(0, self.cols, size=ROTATION_BLOCK)
-        second = draw.integers(0, self.cols - 1, size=ROTATION_BLOCK)
+        size = self.block
+        self.block = min(2 * size, ROTATION_BLOCK)
+        first = draw.integers(0, self.cols, size=size)
+        second = draw.integers(0, self.cols - 1, size=size)
         second += second >= first
         if self.angle is None:
-            theta = draw.uniform(0.0, 2.0 * math.pi, size=ROTATION_BLOCK)
+            theta = draw.uniform(0.0, 2.0 * math.pi, size=size)
         else:
-            theta = np.full(ROTATION_BLOCK, float(self.angle))
+            theta = np.full(size, float(self.angle))
         return first, second, np.cos(theta), np.sin(theta)
 
 
