@@ -44,7 +44,7 @@ def test_weighted_mean_is_the_target_within_one_parameter(function, density):
         min_size=1,
         max_size=6,
     ),
-    fraction=st.floats(0, 1),
+    fraction=st.floats(0, 1, allow_subnormal=False),  # FTZ set by some framework libraries
     function=st.sampled_from(FUNCTIONS),
 )
 def test_any_feasible_target_is_met_with_caps_and_floors(shapes, fraction, function):
