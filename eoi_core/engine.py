@@ -20,8 +20,9 @@ matrix ``G`` (``n <= m``):
 3. **Scatter** of the values, cast once to the output dtype and copied as raw
    bits, and of the mask.  When the weight is ``G^T`` (``out >= in``) a column
    of ``G`` is a contiguous row of the weight; when it is ``G`` (``out < in``)
-   the entries are first bucketed by row (a counting sort) so that the
-   writes stream through memory instead of striding across it.
+   the entries of a band of columns are bucketed by row (a counting sort in a
+   cache-sized buffer) so that the writes stream along rows instead of
+   striding down columns.
 
 The fill skips 8 mask bytes at a time (a popcount of their 0/1 bytes) to the
 zero positions whose rank was drawn.
@@ -161,29 +162,43 @@ def _scatter_columns(weight_bits, mask, starts, rows, value_bits):
 
 
 @njit(cache=True, nogil=True)
-def _scatter_rows(weight_bits, mask, starts, rows, value_bits):
-    """Weight is ``G``: bucket the entries by row (counting sort), then write row by row."""
+def _scatter_rows(weight_bits, mask, starts, rows, value_bits, capacity):
+    """Weight is ``G``: write row by row, a band of columns at a time.
+
+    The entries of a band of consecutive columns (at most ``capacity`` of them,
+    or one column) are bucketed by row with a counting sort, then written row
+    by row, so the writes stream through each row's segment instead of
+    striding down columns; the buckets stay small enough to live in cache.
+    """
     n = weight_bits.shape[0]
     cols = starts.shape[0] - 1
-    row_starts = np.zeros(n + 1, dtype=np.int64)
-    for p in range(rows.shape[0]):
-        row_starts[rows[p] + 1] += 1
-    for r in range(n):
-        row_starts[r + 1] += row_starts[r]
-    cursor = row_starts[:n].copy()
-    bucket_cols = np.empty(rows.shape[0], dtype=np.int32)
-    bucket_bits = np.empty(rows.shape[0], dtype=value_bits.dtype)
-    for j in range(cols):
-        for p in range(starts[j], starts[j + 1]):
-            r = rows[p]
-            d = cursor[r]
-            bucket_cols[d] = j
-            bucket_bits[d] = value_bits[p]
-            cursor[r] = d + 1
-    for r in range(n):
-        for d in range(row_starts[r], row_starts[r + 1]):
-            weight_bits[r, bucket_cols[d]] = bucket_bits[d]
-            mask[r, bucket_cols[d]] = True
+    row_starts = np.empty(n + 1, dtype=np.int64)
+    cursor = np.empty(n, dtype=np.int64)
+    bucket_cols = np.empty(capacity, dtype=np.int32)
+    bucket_bits = np.empty(capacity, dtype=value_bits.dtype)
+    first = 0
+    while first < cols:
+        last = first + 1
+        while last < cols and starts[last + 1] - starts[first] <= capacity:
+            last += 1
+        row_starts[:] = 0
+        for p in range(starts[first], starts[last]):
+            row_starts[rows[p] + 1] += 1
+        for r in range(n):
+            row_starts[r + 1] += row_starts[r]
+            cursor[r] = row_starts[r]
+        for j in range(first, last):
+            for p in range(starts[j], starts[j + 1]):
+                r = rows[p]
+                d = cursor[r]
+                bucket_cols[d] = j
+                bucket_bits[d] = value_bits[p]
+                cursor[r] = d + 1
+        for r in range(n):
+            for d in range(row_starts[r], row_starts[r + 1]):
+                weight_bits[r, bucket_cols[d]] = bucket_bits[d]
+                mask[r, bucket_cols[d]] = True
+        first = last
 
 
 @njit(cache=True, nogil=True)
@@ -216,6 +231,10 @@ def _fill(flat, words, head, ranks):
 
 
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+# Entries bucketed at once when the weight is G (out < in): 2^18 entries of
+# 4 + 8 bytes at most stay in cache and bound the extra memory.
+BAND_ENTRIES = 1 << 18
 
 
 def write_givens(
@@ -262,8 +281,11 @@ def write_givens(
     value_bits = values.astype(weight.dtype).view(_UINT[weight.dtype.itemsize])
     del values
     weight_bits = weight.view(_UINT[weight.dtype.itemsize])
-    scatter = _scatter_columns if transposed else _scatter_rows
-    scatter(weight_bits, mask, starts, support_rows, value_bits)
+    if transposed:
+        _scatter_columns(weight_bits, mask, starts, support_rows, value_bits)
+    else:
+        capacity = max(BAND_ENTRIES, int(counts.max(initial=0)))
+        _scatter_rows(weight_bits, mask, starts, support_rows, value_bits, capacity)
     return int(first.shape[0]), int(nnz)
 
 

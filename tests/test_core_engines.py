@@ -62,3 +62,12 @@ def test_engines_agree_across_rotation_blocks():
     (w_ref, m_ref), (w_fast, m_fast) = both_engines((96, 384), 0.3, dtype=np.float64, rng=11)
     assert np.array_equal(m_ref, m_fast)
     assert np.abs(w_ref - w_fast).max() <= 1e-12
+
+
+def test_engines_agree_when_the_wide_scatter_takes_several_bands(monkeypatch):
+    from eoi_core import engine
+
+    monkeypatch.setattr(engine, "BAND_ENTRIES", 64)  # many bands of columns, some of one column
+    (w_ref, m_ref), (w_fast, m_fast) = both_engines((24, 200), 0.4, dtype=np.float64, rng=5)
+    assert np.array_equal(m_ref, m_fast)
+    assert np.abs(w_ref - w_fast).max() <= 1e-12
