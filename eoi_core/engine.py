@@ -284,7 +284,9 @@ def write_givens(
     if transposed:
         _scatter_columns(weight_bits, mask, starts, support_rows, value_bits)
     else:
-        capacity = max(BAND_ENTRIES, int(counts.max(initial=0)))
+        # Bands hold at most an eighth of the entries (so they weigh little on a
+        # small output) and at least the largest column.
+        capacity = max(min(BAND_ENTRIES, nnz // 8), int(counts.max(initial=0)))
         _scatter_rows(weight_bits, mask, starts, support_rows, value_bits, capacity)
     return int(first.shape[0]), int(nnz)
 

@@ -291,6 +291,8 @@ def plot_speed(rows: Sequence[Row], out, density: float = 0.1) -> list:
     plt.close(figure)
 
     squares = sorted({row.size for row in rows if row.shape == (row.size, row.size)})
+    if not squares:  # the time-against-density panels are drawn for square shapes only
+        return paths
     with_published = [size for size in squares
                       if any("published" in row.cells for row in rows if row.shape == (size, size))]
     panels = sorted({with_published[-1] if with_published else squares[-1], squares[-1]})
