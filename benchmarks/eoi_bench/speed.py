@@ -261,6 +261,15 @@ def _ticks(axis, values: Sequence[float]) -> None:
     axis.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _draw_columns(axis, chosen, x_of, styles) -> None:
+    """One log-log line per timed column over ``chosen`` rows, against ``x_of(row)``."""
+    for name in COLUMNS:
+        points = [(x_of(row), row.cells[name].seconds) for row in chosen if name in row.cells]
+        if points:
+            axis.loglog(*zip(*points), marker="o", color=styles[name], label=name,
+                        linestyle=":" if name == "floor" else "-")
+
+
 def plot_speed(rows: Sequence[Row], out, density: float = 0.1) -> list:
     """``speed_size.png`` (time against size) and ``speed_density.png`` (time against density), log-log.
 
@@ -275,11 +284,7 @@ def plot_speed(rows: Sequence[Row], out, density: float = 0.1) -> list:
     figure, axes = plt.subplots(1, len(aspects), figsize=(5.2 * len(aspects), 4.2), squeeze=False)
     for axis, (aspect, rule) in zip(axes[0], aspects):
         chosen = [row for row in rows if row.shape == rule(row.size) and math.isclose(row.density, density)]
-        for name in COLUMNS:
-            points = [(row.size, row.cells[name].seconds) for row in chosen if name in row.cells]
-            if points:
-                axis.loglog(*zip(*points), marker="o", color=styles[name], label=name,
-                            linestyle=":" if name == "floor" else "-")
+        _draw_columns(axis, chosen, lambda row: row.size, styles)
         axis.set(title=f"{ASPECT_TITLES[aspect]}, density {density:g}",
                  xlabel="size n (largest dimension)", ylabel="seconds (median)")
         _ticks(axis, sorted({row.size for row in chosen}))
@@ -299,11 +304,7 @@ def plot_speed(rows: Sequence[Row], out, density: float = 0.1) -> list:
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for axis, size in zip(axes[0], panels):
         chosen = sorted((row for row in rows if row.shape == (size, size)), key=lambda row: row.density)
-        for name in COLUMNS:
-            points = [(row.density, row.cells[name].seconds) for row in chosen if name in row.cells]
-            if points:
-                axis.loglog(*zip(*points), marker="o", color=styles[name], label=name,
-                            linestyle=":" if name == "floor" else "-")
+        _draw_columns(axis, chosen, lambda row: row.density, styles)
         axis.set(title=f"{size} x {size}", xlabel="density", ylabel="seconds (median)")
         _ticks(axis, [row.density for row in chosen])
         axis.grid(alpha=0.3, which="both")
