@@ -16,11 +16,16 @@ min_density            the orthogonal floor of a shape
 orthogonality_error    max deviation of a weight from exact (semi-)orthogonality
 distributions          per-layer densities for a whole model (uniform, ER, ERK)
 layout                 canonical <-> channels-last layouts, the mask rounding rule
+report                 LayerReport / SparsifyReport, what every adapter's sparsify returns
+selection              include/exclude layer selection by name, shared by the adapters
+checks                 argument checks every entry point and adapter uses
 """
 
-from . import distributions, layout
-from .api import ENGINES, givens_compose, orthogonality_error, sparse_orthogonal, validate
+from . import distributions, layout, report, selection
+from .api import givens_compose, orthogonality_error, sparse_orthogonal, validate
+from .checks import ENGINES
 from .layout import mask_count, min_density
+from .report import LayerReport, SparsifyReport
 from .theory import expected_density, rotations_for_density
 
 __all__ = [
@@ -28,6 +33,10 @@ __all__ = [
     "distributions",
     "expected_density",
     "givens_compose",
+    "LayerReport",
+    "SparsifyReport",
+    "report",
+    "selection",
     "layout",
     "mask_count",
     "min_density",

@@ -9,20 +9,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .checks import check_density, check_gain, check_int
+from .checks import ENGINES, check_density, check_engine, check_gain, check_int
 from .budget import Budget, plan_budget
-from .dtypes import resolve_dtype
+from .dtypes import check_gain_representable, resolve_dtype
 from .layout import Layout, parse_layout
 from .randomness import RotationStream, as_generator, fill_ranks, split
 
 __all__ = ["sparse_orthogonal", "validate", "givens_compose", "orthogonality_error", "ENGINES"]
 
-ENGINES = ("numba", "reference")
-
-
 def _engine(name: Any) -> ModuleType:
-    if name not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {name!r}")
+    check_engine(name)
     # Imported on first use so that `import eoi_core` does not pay for Numba.
     return importlib.import_module(f".{'engine' if name == 'numba' else 'reference'}", __package__)
 
@@ -49,11 +45,14 @@ class _Plan:
 def _plan(shape, density, gain, dtype, groups, center_density) -> _Plan:
     layout = parse_layout(shape, groups)
     density = check_density(density)
+    gain = check_gain(gain)
+    dtype = resolve_dtype(dtype)
+    check_gain_representable(gain, dtype)
     return _Plan(
         layout=layout,
         density=density,
-        gain=check_gain(gain),
-        dtype=resolve_dtype(dtype),
+        gain=gain,
+        dtype=dtype,
         budget=plan_budget(layout, density, center_density),
     )
 
@@ -221,19 +220,49 @@ def givens_compose(
     return weight, mask
 
 
-def orthogonality_error(weight: np.ndarray, *, gain: float = 1.0, groups: int = 1) -> float:
+def orthogonality_error(
+    weight: np.ndarray, *, gain: float = 1.0, groups: int = 1, relative: bool = False
+) -> float:
     r"""Largest deviation from exact (semi-)orthogonality, in float64.
 
     For each group block's centre slice ``H`` (``out/g x in/g``; the whole
     matrix for a dense weight) returns ``max |H^T H - g^2 I|`` when
-    ``out >= in`` and ``max |H H^T - g^2 I|`` otherwise, maximised over groups.
+    ``out >= in`` and ``max |H H^T - g^2 I|`` otherwise, maximised over groups;
+    with ``relative=True``, ``max |(H/g)^T (H/g) - I|`` instead (the same
+    number divided by ``g^2``, computed without forming ``g^2``).
+
+    Cost: one Gram matrix per block, ``O(out * in * min(out, in))``; meant
+    for tests and checks, not for every layer of a large model.
+
+    Raises
+    ------
+    ValueError
+        When ``relative=False`` and ``g^2`` is not a normal float64 (below
+        about 1.5e-154 or above 1.3e154 for ``g``): the absolute error would
+        be meaningless (0 or inf); pass ``relative=True``.
+
+    Examples
+    --------
+    >>> weight, _ = sparse_orthogonal((32, 16), 0.2, gain=2.0, rng=0, dtype=np.float64)
+    >>> orthogonality_error(weight, gain=2.0) < 1e-12
+    True
+    >>> orthogonality_error(weight, gain=2.0, relative=True) < 1e-13
+    True
     """
     array = np.asarray(weight)
     layout = parse_layout(array.shape, groups)
     gain = check_gain(gain)
+    square = gain * gain  # a Python float: inf or 0.0 on overflow or underflow, never an exception
+    if not relative and not (np.finfo(np.float64).tiny <= square < np.inf):
+        raise ValueError(
+            f"gain={gain!r}: gain**2 is not a normal float64, so the absolute error "
+            "max|H^T H - gain^2 I| cannot be computed faithfully; pass relative=True"
+        )
+    # Absolute: the Gram of H against g^2 I as stored; relative: of H / g against I (no g^2 formed).
+    scale, target = (gain, 1.0) if relative else (1.0, square)
     worst = 0.0
     for group in range(layout.groups):
-        centre = array[layout.block(group)][layout.centre_index()].astype(np.float64)
+        centre = array[layout.block(group)][layout.centre_index()].astype(np.float64) / scale
         gram = centre.T @ centre if centre.shape[0] >= centre.shape[1] else centre @ centre.T
-        worst = max(worst, float(np.max(np.abs(gram - gain**2 * np.eye(gram.shape[0])))))
+        worst = max(worst, float(np.max(np.abs(gram - target * np.eye(gram.shape[0])))))
     return worst

@@ -9,7 +9,9 @@ sparse orthogonal matrix at the spatial centre of the kernel) gets ``h``:
 * ``center_density="sqrt"`` (the paper's second variant):
   ``h = round(min(1, density * K, sqrt(density)) * out/g * in/g)``;
 * a float ``c``: ``h = round(c * out/g * in/g)``, which must fit: at least
-  the orthogonal floor ``min(out/g, in/g)`` and at most ``b``.
+  the orthogonal floor ``min(out/g, in/g)`` and at most ``b``.  Kernels only:
+  a rank-2 weight has no taps (its whole matrix is the centre), so a float
+  there is an error; ``"sqrt"`` there equals the density.
 
 The named policies are raised to the floor when they would give less (a
 sparse orthogonal matrix cannot have fewer non-zeros) and capped at ``b``.
@@ -23,12 +25,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_fraction
-from .layout import Layout, mask_count
+from .checks import CENTER_POLICIES, check_center_density
+from .layout import Layout, accepted_min_density, mask_count
 
 __all__ = ["Budget", "plan_budget", "CENTER_POLICIES"]
-
-CENTER_POLICIES = ("sqrt",)
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,22 @@ def _infeasible(layout: Layout, density: float, block: int) -> ValueError:
     return ValueError(
         f"density={density!r} is infeasible for shape {layout.shape} with groups={layout.groups}: "
         f"an exactly orthogonal block needs at least min(out/g, in/g) = {layout.floor} non-zeros "
-        f"out of {layout.block_size} per group, but the density gives {block}; "
-        f"the minimum density is {layout.floor / layout.block_size:.6g}"
+        f"out of {layout.block_size} per group, but the density gives {block} "
+        f"(floor(density * {layout.block_size} + 0.5)); densities from "
+        f"{accepted_min_density(layout):.6g} up are accepted "
+        f"(min_density = {layout.floor / layout.block_size:.6g} gives exactly {layout.floor})"
     )
 
 
 def plan_budget(layout: Layout, density: float, center_density: Any = None) -> Budget:
     """Split ``density``'s budget per block between centre and fill (see module docstring)."""
+    center_density = check_center_density(center_density)
+    if len(layout.shape) == 2 and isinstance(center_density, float):
+        raise ValueError(
+            f"center_density={center_density!r} applies to convolution kernels only: a dense weight "
+            f"{layout.shape} has no kernel taps, its whole matrix is the centre (use density alone, "
+            "or center_density=None)"
+        )
     block = mask_count(density, layout.block_size)
     if block < layout.floor:
         raise _infeasible(layout, density, block)
@@ -57,16 +66,11 @@ def plan_budget(layout: Layout, density: float, center_density: Any = None) -> B
     if center_density is None or isinstance(center_density, str):
         if center_density is None:
             fraction = density
-        elif center_density == "sqrt":
+        else:  # "sqrt", the only policy (checked above)
             fraction = min(1.0, density * layout.taps, math.sqrt(density))
-        else:
-            raise ValueError(
-                f"center_density must be None, a float in (0, 1] or one of {CENTER_POLICIES}, "
-                f"got {center_density!r}"
-            )
         centre = min(max(mask_count(fraction, centre_size), layout.floor), block)
         return Budget(block, centre)
-    fraction = check_fraction(center_density, "center_density")
+    fraction = center_density
     centre = mask_count(fraction, centre_size)
     if not layout.floor <= centre <= block:
         raise ValueError(

@@ -13,7 +13,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_density", "check_gain", "check_int", "check_fraction"]
+__all__ = [
+    "check_density",
+    "check_gain",
+    "check_int",
+    "check_fraction",
+    "check_center_density",
+    "check_engine",
+    "check_mapping_density",
+    "kernel_center_density",
+    "CENTER_POLICIES",
+    "ENGINES",
+]
+
+CENTER_POLICIES = ("sqrt",)
+ENGINES = ("numba", "reference")
 
 
 def _is_real(value: Any) -> bool:
@@ -62,3 +76,57 @@ def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return value
+
+
+def check_center_density(center_density: Any) -> float | str | None:
+    """Return ``center_density`` as ``None``, a float in ``(0, 1]`` or a policy name.
+
+    One rule for every adapter: ``None`` (the centre at the layer density),
+    ``"sqrt"`` (the paper's second variant) or a fraction.  It is a kernel
+    option: :func:`eoi_core.sparse_orthogonal` rejects a float for a rank-2
+    weight (the whole matrix is its centre), and model-level ``sparsify``
+    applies it to kernels only (see :func:`kernel_center_density`).
+    """
+    if center_density is None:
+        return None
+    if isinstance(center_density, str):
+        if center_density not in CENTER_POLICIES:
+            raise ValueError(
+                f"center_density must be None, a float in (0, 1] or one of {CENTER_POLICIES}, "
+                f"got {center_density!r}"
+            )
+        return center_density
+    return check_fraction(center_density, "center_density")
+
+
+def kernel_center_density(shape: Any, center_density: Any) -> float | str | None:
+    """The ``center_density`` that model-level ``sparsify`` passes for a weight of ``shape``.
+
+    Dense (rank-2) weights have no kernel taps: their whole matrix is the
+    centre, so a model-wide ``center_density`` applies to convolution kernels
+    (rank >= 3) only, and a dense weight gets ``None`` (its layer density).
+    """
+    center_density = check_center_density(center_density)
+    return center_density if len(tuple(shape)) > 2 else None
+
+
+def check_engine(engine: Any) -> str:
+    """Return ``engine`` if it names one of :data:`ENGINES`."""
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return engine
+
+
+def check_mapping_density(distribution: Any, density: Any) -> None:
+    """One rule for ``sparsify(model, density, distribution=mapping)`` in every adapter.
+
+    A mapping of layer name to density gives every layer its density, so a
+    model-wide ``density`` beside it would be ignored: it must be ``None``.
+    """
+    from collections.abc import Mapping
+
+    if isinstance(distribution, Mapping) and density is not None:
+        raise ValueError(
+            "density must be None when distribution is a mapping of layer name to density "
+            f"(the mapping gives every layer's density), got density={density!r}"
+        )

@@ -24,11 +24,11 @@ that names the smallest feasible density.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .checks import check_density, check_fraction
+from .checks import check_density, check_fraction, check_mapping_density
 from .layout import parse_layout
 
 __all__ = ["uniform", "erdos_renyi", "erk", "layer_densities", "DISTRIBUTIONS"]
@@ -125,7 +125,7 @@ _BY_NAME = {"uniform": uniform, "er": erdos_renyi, "erdos_renyi": erdos_renyi, "
 
 
 def layer_densities(
-    distribution: str | Mapping[str, float],
+    distribution: str | Mapping[str, float] | Callable[..., Sequence[float]],
     shapes: Sequence[Sequence[int]],
     density: float | None,
     *,
@@ -134,9 +134,24 @@ def layer_densities(
 ) -> list[float]:
     """Resolve a distribution argument the way every adapter's ``sparsify`` takes it.
 
-    ``distribution`` is a name in :data:`DISTRIBUTIONS`, or a mapping from layer
-    name (``names[l]``) to density, which must cover every layer.
+    One rule for all adapters:
+
+    * a name in :data:`DISTRIBUTIONS` spreads the model-wide ``density``;
+    * a mapping from layer name (``names[l]``) to density must cover every
+      layer, and ``density`` must then be ``None`` (the mapping gives every
+      layer's density; a model-wide density beside it would be ignored);
+    * a callable ``distribution(shapes, density, names=..., groups=...)``
+      returns one density per layer (e.g. the densities of a pruning-at-init
+      mask); each is checked to lie in ``(0, 1]``.
+
+    Examples
+    --------
+    >>> layer_densities("uniform", [(64, 32), (10, 64)], 0.5)
+    [0.5, 0.5]
+    >>> layer_densities({"a": 0.3, "b": 0.5}, [(64, 32), (10, 64)], None, names=["a", "b"])
+    [0.3, 0.5]
     """
+    check_mapping_density(distribution, density)
     if isinstance(distribution, Mapping):
         if names is None:
             raise ValueError("a distribution given as a mapping needs the layer names")
@@ -147,9 +162,17 @@ def layer_densities(
         if unknown:
             raise ValueError(f"distribution mapping names layers that are not selected: {unknown}")
         return [check_fraction(distribution[name], f"distribution[{name!r}]") for name in names]
+    if callable(distribution) and not isinstance(distribution, str):
+        values = list(distribution(list(shapes), density, names=names, groups=groups))
+        if len(values) != len(shapes):
+            raise ValueError(
+                f"distribution {distribution!r} returned {len(values)} densities for {len(shapes)} layers"
+            )
+        labels = list(names) if names is not None else [str(i) for i in range(len(values))]
+        return [check_fraction(v, f"the density {distribution!r} gave layer {n!r}") for v, n in zip(values, labels)]
     if not isinstance(distribution, str) or distribution not in _BY_NAME:
         raise ValueError(
-            f"distribution must be one of {DISTRIBUTIONS} or a mapping of layer name to density, "
-            f"got {distribution!r}"
+            f"distribution must be one of {DISTRIBUTIONS}, a mapping of layer name to density or a "
+            f"callable (shapes, density, names=, groups=) -> densities, got {distribution!r}"
         )
     return _BY_NAME[distribution](shapes, density, groups=groups)

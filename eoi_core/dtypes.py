@@ -9,9 +9,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["resolve_dtype", "eps"]
+__all__ = ["DTYPES", "resolve_dtype", "eps", "gain_range", "check_gain_representable"]
 
-_NAMES = ("float16", "bfloat16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+"""Names of the supported output dtypes, the one list every adapter uses."""
+
+_NAMES = DTYPES
 
 
 def _bfloat16() -> np.dtype:
@@ -47,3 +50,35 @@ def eps(dtype: Any) -> float:
     if resolved.name == "bfloat16":
         return 2.0**-7
     return float(np.finfo(resolved).eps)
+
+
+def gain_range(dtype: Any) -> tuple[float, float]:
+    """The gains whose orthogonal values ``dtype`` can hold: ``[smallest normal, largest finite]``.
+
+    Entries of ``g * H`` (``H`` orthogonal) lie in ``[-g, g]`` and the largest
+    entry of each row is at least ``g / sqrt(width)``: a gain above the
+    dtype's largest finite value overflows, and one below its smallest
+    normal number leaves the values subnormal or zero (float16 at
+    ``gain=1e-8`` would be all zeros), so neither is orthogonal in that dtype.
+
+    Examples
+    --------
+    >>> gain_range("float16")
+    (6.103515625e-05, 65504.0)
+    """
+    resolved = resolve_dtype(dtype)
+    if resolved.name == "bfloat16":
+        return 2.0**-126, float.fromhex("0x1.fe00000000000p+127")
+    info = np.finfo(resolved)
+    return float(info.tiny), float(info.max)
+
+
+def check_gain_representable(gain: float, dtype: Any) -> None:
+    """Raise ``ValueError`` if ``dtype`` cannot hold the values of a weight of gain ``gain``."""
+    low, high = gain_range(dtype)
+    if not low <= gain <= high:
+        raise ValueError(
+            f"gain={gain!r} cannot be represented in dtype {resolve_dtype(dtype).name}: its "
+            f"orthogonal values would {'overflow' if gain > high else 'underflow'}; "
+            f"for this dtype gain must lie in [{low:.6g}, {high:.6g}]"
+        )

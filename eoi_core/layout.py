@@ -123,13 +123,27 @@ def parse_layout(shape: Any, groups: Any = 1) -> Layout:
 
 
 def min_density(shape: Sequence[int], groups: int = 1) -> float:
-    """Smallest density at which ``shape`` admits an exactly orthogonal weight.
+    """The orthogonal floor of ``shape`` as a density.
 
     An orthogonal ``n x m`` block needs ``min(n, m)`` non-zeros, so the floor
-    is ``min(out/g, in/g) / (out/g * in/g * K)``.
+    is ``min(out/g, in/g) / (out/g * in/g * K)``: at this density each block's
+    mask holds exactly its floor.  Because mask counts round half up
+    (:func:`mask_count`), densities down to ``(floor - 0.5) / block_size``
+    round to the floor and are accepted as well
+    (:func:`accepted_min_density`); anything lower is an error.
+
+    Examples
+    --------
+    >>> min_density((64, 32))
+    0.015625
     """
     layout = parse_layout(shape, groups)
     return layout.floor / layout.block_size
+
+
+def accepted_min_density(layout: "Layout") -> float:
+    """Smallest density that :func:`mask_count` rounds up to the floor: ``(floor - 0.5) / block_size``."""
+    return (layout.floor - 0.5) / layout.block_size
 
 
 def canonical_shape(channels_last_shape: Sequence[int]) -> tuple[int, ...]:

@@ -120,7 +120,7 @@ def test_a_core_error_in_a_subprocess_gives_no_traceback(tmp_path):
                             "32", "--density", "0.0001"], capture_output=True, text=True, timeout=120,
                            env={**os.environ, "EOI_DEBUG": ""})
     assert child.returncode == 2
-    assert "eoi init: error:" in child.stderr and "minimum density" in child.stderr
+    assert "eoi init: error:" in child.stderr and "min_density" in child.stderr
     assert "Traceback" not in child.stderr
     assert not (tmp_path / "w.npz").exists()  # nothing half-written
 

@@ -44,17 +44,24 @@ def test_bad_density(density, error, match):
 def test_density_below_the_orthogonal_floor_names_the_minimum():
     minimum = eoi_core.min_density((64, 32))
     assert minimum == 32 / (64 * 32)
-    with pytest.raises(ValueError, match=r"minimum density is 0\.015625") as info:
+    with pytest.raises(ValueError, match=r"min_density = 0\.015625") as info:
         eoi_core.sparse_orthogonal((64, 32), 0.005)
     assert "(64, 32)" in str(info.value) and "0.005" in str(info.value)
     eoi_core.sparse_orthogonal((64, 32), minimum)  # the floor itself is feasible
+    # The message states exactly what is accepted: round half up reaches the floor
+    # from (floor - 0.5) / size, and no lower.
+    accepted = (32 - 0.5) / (64 * 32)
+    assert "densities from 0.0153809 up are accepted" in str(info.value)
+    eoi_core.sparse_orthogonal((64, 32), accepted * (1 + 1e-12))
+    with pytest.raises(ValueError, match="infeasible"):
+        eoi_core.sparse_orthogonal((64, 32), accepted * (1 - 1e-9))
 
 
 def test_kernel_floor_is_judged_on_the_layer_budget():
     minimum = eoi_core.min_density((16, 16, 3, 3))
     assert minimum == 16 / (16 * 16 * 9)
     eoi_core.sparse_orthogonal((16, 16, 3, 3), minimum, rng=0)
-    with pytest.raises(ValueError, match="minimum density"):
+    with pytest.raises(ValueError, match="min_density"):
         eoi_core.sparse_orthogonal((16, 16, 3, 3), minimum / 2)
 
 

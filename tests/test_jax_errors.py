@@ -54,8 +54,8 @@ def test_factory_rejects_bad_arguments_immediately(kwargs, error, match):
         ((1, 1, 1, 1, 2, 2), ValueError, "rank 2"),
         ((3, 3, 4, 0), ValueError, r"Flax shape \(3, 3, 4, 0\).*must be an integer >= 1"),
         ((4, 2.5), TypeError, "must be an integer"),
-        ((8, 8), ValueError, r"infeasible for shape \(8, 8\).*minimum density is 0.125"),
-        ((3, 3, 16, 16), ValueError, r"minimum density is 0.0069"),
+        ((8, 8), ValueError, r"infeasible for shape \(8, 8\).*min_density = 0.125"),
+        ((3, 3, 16, 16), ValueError, r"min_density = 0.0069"),
     ],
 )
 def test_bad_shapes_and_infeasible_densities_fail_at_trace_time(shape, error, match):
@@ -74,7 +74,7 @@ def test_layer_dependent_errors_fail_when_a_flax_model_is_traced():
     with pytest.raises(ValueError, match="groups=5 must divide the output channels"):
         jax.eval_shape(conv.init, KEY, jnp.ones((1, 8, 8, 4)))
     dense = nn.Dense(16, kernel_init=eoi_jax.eoi(0.01))
-    with pytest.raises(ValueError, match="minimum density is 0.0625"):
+    with pytest.raises(ValueError, match="min_density = 0.0625"):
         jax.jit(dense.init)(KEY, jnp.ones((1, 16)))
     too_sparse_centre = nn.Conv(8, (3, 3), kernel_init=eoi_jax.eoi(0.2, center_density=0.05))
     with pytest.raises(ValueError, match="center_density=0.05 gives the centre 3 non-zeros"):

@@ -219,7 +219,7 @@ def test_bias_shape_raises_when_keras_builds_the_layer():
 
 def test_infeasible_density_raises_when_keras_builds_the_layer():
     layer = keras.layers.Dense(64, kernel_initializer=eoi_keras.EOI(0.001))
-    with pytest.raises(ValueError, match=r"\(64, 64\).*infeasible.*minimum density is 0.015625"):
+    with pytest.raises(ValueError, match=r"\(64, 64\).*infeasible.*min_density = 0.015625"):
         layer.build((None, 64))
     conv = keras.layers.Conv2D(8, 3, groups=2, kernel_initializer=eoi_keras.EOI(0.02, groups=2))
     with pytest.raises(ValueError, match="infeasible"):

@@ -58,7 +58,7 @@ def test_eoi_rejects_non_tensors_and_bad_generators():
         ({"density": math.nan}, ValueError, "density must be a finite"),
         ({"density": "0.5"}, TypeError, "density"),
         ({"density": True}, TypeError, "density"),
-        ({"density": 0.05}, ValueError, "infeasible.*minimum density is 0.0625"),
+        ({"density": 0.05}, ValueError, "infeasible.*min_density = 0.0625"),
         ({"density": 0.5, "gain": 0.0}, ValueError, "gain"),
         ({"density": 0.5, "gain": math.inf}, ValueError, "gain"),
         ({"density": 0.5, "groups": 3}, ValueError, "groups=3 must divide"),
