@@ -11,13 +11,14 @@ mean by far less than float64 rounding.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ._jit import jit
 
 TAIL = 1e-60
 CHECKPOINT = 256
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _chain(width):
     stay = np.ones(width + 2)
     move = np.zeros(width + 2)  # move[k] = l_{k-1}: the rate into k
@@ -30,7 +31,7 @@ def _chain(width):
     return stay, move, p
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _step(p, q, stay, move, top, width):
     """One rotation from ``p`` into ``q``; return the new ``top``.
 
@@ -47,7 +48,7 @@ def _step(p, q, stay, move, top, width):
     return top
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _mean(p, top):
     total = 0.0
     for k in range(1, top + 1):
@@ -55,7 +56,7 @@ def _mean(p, top):
     return total
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def mean_support(width, targets):
     """``E[k_t]`` for each ``t`` in the sorted, unique ``targets``."""
     stay, move, p = _chain(width)
@@ -72,7 +73,7 @@ def mean_support(width, targets):
     return means
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def first_reaching(width, target_mean):
     """Smallest ``t`` with ``E[k_t] >= target_mean`` (``target_mean < width``).
 

@@ -31,9 +31,10 @@ zero positions whose rank was drawn.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
+from ._jit import jit
 from .randomness import RotationStream
 
 __all__ = ["write_givens", "fill"]
@@ -51,7 +52,7 @@ def _popcount(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _pattern(bits, counts, nnz, budget, first, second, limit):
     """Advance the support pattern through at most ``limit`` rotations.
 
@@ -86,7 +87,7 @@ def _pattern(bits, counts, nnz, budget, first, second, limit):
     return limit, nnz, False
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _values(starts, n, first, second, cos, sin):
     """Replay the rotations on values stored in slots sized by the final supports.
 
@@ -151,7 +152,7 @@ def _values(starts, n, first, second, cos, sin):
     return rows, values
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _scatter_columns(weight_bits, mask, starts, rows, value_bits):
     """Weight is ``G^T``: column ``j`` of ``G`` is the contiguous row ``j``."""
     for j in range(starts.shape[0] - 1):
@@ -161,7 +162,7 @@ def _scatter_columns(weight_bits, mask, starts, rows, value_bits):
             mask[j, r] = True
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _scatter_rows(weight_bits, mask, starts, rows, value_bits, capacity):
     """Weight is ``G``: write row by row, a band of columns at a time.
 
@@ -201,7 +202,7 @@ def _scatter_rows(weight_bits, mask, starts, rows, value_bits, capacity):
         first = last
 
 
-@njit(cache=True, nogil=True)
+@jit(nogil=True)
 def _fill(flat, words, head, ranks):
     """Set the zero bytes of ``flat`` with the given sorted ranks to True.
 
