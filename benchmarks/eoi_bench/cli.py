@@ -14,17 +14,10 @@ from typing import Sequence
 
 from . import __version__
 from ._command import execute
+from .registry import BENCHMARKS
 
 __all__ = ["main", "build_parser", "BENCHMARKS"]
 
-#: ``eoi bench NAME`` -> module of :mod:`eoi_bench` (each has ``add_arguments`` and ``run``).
-BENCHMARKS = {
-    "speed": "Time of the core against the published algorithm, dense QR and the write floor (App. B)",
-    "density": "Density of random Givens rotations against the exact law (Fig. 4)",
-    "spectrum": "Jacobian singular values of a 7-layer MLP at initialisation (Fig. 2)",
-    "deep": "A 1000-layer tanh MLP on digits: EOI against random sparse baselines (Table 1)",
-    "angles": "Fixed (1 and 80 degrees) against uniform rotation angles (App. G)",
-}
 
 
 def _plain(text: str) -> str:
