@@ -16,12 +16,13 @@ min_density            the orthogonal floor of a shape
 orthogonality_error    max deviation of a weight from exact (semi-)orthogonality
 distributions          per-layer densities for a whole model (uniform, ER, ERK)
 layout                 canonical <-> channels-last layouts, the mask rounding rule
+kernels                channels-last kernel layouts (dense, conv, depthwise, gates, einsum)
 report                 LayerReport / SparsifyReport, what every adapter's sparsify returns
 selection              include/exclude layer selection by name, shared by the adapters
 checks                 argument checks every entry point and adapter uses
 """
 
-from . import distributions, layout, report, selection
+from . import distributions, kernels, layout, report, selection
 from .api import givens_compose, orthogonality_error, sparse_orthogonal, validate
 from .checks import ENGINES
 from .layout import mask_count, min_density
@@ -33,6 +34,7 @@ __all__ = [
     "distributions",
     "expected_density",
     "givens_compose",
+    "kernels",
     "LayerReport",
     "SparsifyReport",
     "report",
