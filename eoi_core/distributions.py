@@ -176,3 +176,111 @@ def layer_densities(
             f"callable (shapes, density, names=, groups=) -> densities, got {distribution!r}"
         )
     return _BY_NAME[distribution](shapes, density, groups=groups)
+
+
+# --- Densities of pruning-at-init masks (SNIP, GraSP, SynFlow, ...) -------------------------------
+
+
+def from_counts(
+    counts: Sequence[int],
+    shapes: Sequence[Sequence[int]],
+    density: float,
+    *,
+    groups: Sequence[int] | None = None,
+) -> list[float]:
+    r"""Per-layer densities from the kept entries of a model-wide mask, with ERK's rules.
+
+    ``counts[l]`` entries of layer ``l`` were kept (e.g. by a pruning-at-init
+    method at the global ``density``); its raw density ``counts[l] / n_l`` is
+    the score ``r_l`` of the module docstring, so the result is
+    ``clip(epsilon * r_l, f_l, 1)`` with the weighted mean exactly
+    ``density``: when no layer is below its orthogonal floor this is the
+    mask's own density per layer (``epsilon = 1`` up to rounding); layers the
+    method pruned below their floor (or entirely: layer collapse) are raised to
+    it and the others scaled down to pay for it.
+
+    Examples
+    --------
+    >>> from_counts([300, 150], [(20, 20), (20, 30)], 0.45)
+    [0.75, 0.25]
+    """
+    density = check_density(density)
+    layouts = _layouts(shapes, groups)
+    counts = np.asarray(list(counts), dtype=np.float64)
+    if counts.shape != (len(layouts),):
+        raise ValueError(f"counts has {counts.size} entries but shapes has {len(layouts)}")
+    sizes = np.array([layout.size for layout in layouts], dtype=np.float64)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts > sizes):
+        raise ValueError(f"counts must lie between 0 and each layer's size {sizes.astype(int).tolist()}, "
+                         f"got {counts.tolist()}")
+    floors = np.array([layout.floor / layout.block_size for layout in layouts])
+    # A collapsed layer (count 0) still needs a positive score for the scale search; any
+    # score this small ends on the floor.
+    raw = np.maximum(counts / sizes, 1e-12)
+    return _solve(raw, sizes, floors, density)
+
+
+def from_scores(
+    scores: Sequence[np.ndarray],
+    shapes: Sequence[Sequence[int]],
+    density: float,
+    *,
+    groups: Sequence[int] | None = None,
+) -> list[float]:
+    r"""Per-layer densities of the global top-``k`` mask of ``scores``, with ERK's rules.
+
+    Keeps the ``k = mask_count(density, sum_l n_l)`` highest scores over all
+    layers together (ties broken by layer order, then position: deterministic),
+    counts what each layer kept and hands the counts to :func:`from_counts`.
+    ``scores[l]`` has layer ``l``'s shape; NaN scores are an error.  This is
+    how a saliency such as SNIP's ``|g * w|`` becomes a distribution.
+
+    Examples
+    --------
+    >>> scores = [np.arange(400.0).reshape(20, 20), np.full((20, 40), 1000.0)]
+    >>> top_k_counts(scores, 0.5)  # the 600 top scores are all in layer 2: layer 1 collapses
+    [0, 600]
+    >>> from_scores(scores, [(20, 20), (20, 40)], 0.5)  # layer 1 raised to its floor, paid by layer 2
+    [0.05, 0.725]
+    """
+    scores = [np.asarray(score, dtype=np.float64) for score in scores]
+    if len(scores) != len(list(shapes)):
+        raise ValueError(f"scores has {len(scores)} entries but shapes has {len(list(shapes))}")
+    for index, (score, shape) in enumerate(zip(scores, shapes)):
+        if score.shape != tuple(shape):
+            raise ValueError(f"scores[{index}] has shape {score.shape}, but the layer's shape is {tuple(shape)}")
+        if np.isnan(score).any():
+            raise ValueError(f"scores[{index}] contains NaN")
+    return from_counts(top_k_counts(scores, density), shapes, density, groups=groups)
+
+
+def top_k_masks(scores: Sequence[np.ndarray], density: float) -> list[np.ndarray]:
+    """Boolean masks of the global top ``mask_count(density, total)`` scores (stable ties).
+
+    Examples
+    --------
+    >>> [m.tolist() for m in top_k_masks([np.array([[3.0, 1.0]]), np.array([[2.0, 0.0]])], 0.5)]
+    [[[True, False]], [[True, False]]]
+    """
+    from .layout import mask_count
+
+    density = check_density(density)
+    flat = np.concatenate([np.asarray(score, dtype=np.float64).reshape(-1) for score in scores])
+    keep = mask_count(density, flat.size)
+    order = np.argsort(-flat, kind="stable")[:keep]
+    chosen = np.zeros(flat.size, dtype=bool)
+    chosen[order] = True
+    masks, start = [], 0
+    for score in scores:
+        size = np.asarray(score).size
+        masks.append(chosen[start: start + size].reshape(np.shape(score)))
+        start += size
+    return masks
+
+
+def top_k_counts(scores: Sequence[np.ndarray], density: float) -> list[int]:
+    """How many of each layer's entries the global top-``k`` mask of ``scores`` keeps."""
+    return [int(mask.sum()) for mask in top_k_masks(scores, density)]
+
+
+__all__ += ["from_counts", "from_scores", "top_k_masks", "top_k_counts"]

@@ -1,4 +1,8 @@
-r"""Sparse initialisation schemes, NumPy in and out, canonical ``(out, in)`` layout.
+r"""Sparse initialisation schemes of the benchmarks, NumPy in and out, canonical ``(out, in)`` layout.
+
+Thin positional wrappers ``(shape, density, gain, rng)`` over the public
+schemes of :mod:`eoi_core.schemes` (float64), plus the benchmarks' own
+``orthogonal-masked`` baseline.
 
 Every scheme returns ``(weight, mask)`` for a dense layer of shape
 ``(out, in)``: ``mask`` is boolean with exactly ``eoi_core.mask_count(density,
@@ -37,6 +41,8 @@ from typing import Callable
 import numpy as np
 
 import eoi_core
+from eoi_core import isometry, random_sparse
+from eoi_core.isometry import isometry_loss
 
 __all__ = [
     "TANH_CRITICAL_GAIN",
@@ -67,11 +73,7 @@ ACTIVATION_NAMES = ("hardtanh", "linear", "relu", "tanh")
 
 def random_mask(shape: Shape, density: float, rng: np.random.Generator) -> np.ndarray:
     """A boolean mask with exactly ``mask_count(density, size)`` True entries, uniformly placed."""
-    size = shape[0] * shape[1]
-    count = eoi_core.mask_count(density, size)
-    mask = np.zeros(size, dtype=bool)
-    mask[rng.choice(size, size=count, replace=False)] = True
-    return mask.reshape(shape)
+    return random_sparse.random_mask(shape, density, rng=rng)
 
 
 def eoi(shape: Shape, density: float, gain: float, rng: np.random.Generator,
@@ -84,20 +86,15 @@ def eoi(shape: Shape, density: float, gain: float, rng: np.random.Generator,
 
 
 def kaiming(shape: Shape, density: float, gain: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random mask, ``N(0, g^2 / in)`` weights."""
-    mask = random_mask(shape, density, rng)
-    weight = rng.standard_normal(shape) * (gain / np.sqrt(shape[1]))
-    return weight * mask, mask
+    """Random mask, ``N(0, g^2 / in)`` weights (:func:`eoi_core.random_sparse.kaiming`)."""
+    return random_sparse.kaiming(shape, density, gain=gain, rng=rng, dtype=np.float64)
 
 
 def kaiming_fanin(
     shape: Shape, density: float, gain: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random mask, ``N(0, g^2 / k_i)`` weights with ``k_i`` the actual fan-in of unit ``i``."""
-    mask = random_mask(shape, density, rng)
-    fan_in = np.maximum(mask.sum(axis=1, keepdims=True), 1)  # a unit with no inputs has no weights
-    weight = rng.standard_normal(shape) * (gain / np.sqrt(fan_in))
-    return weight * mask, mask
+    """Random mask, ``N(0, g^2 / k_i)`` weights, ``k_i`` the actual fan-in (:func:`eoi_core.random_sparse.kaiming_fanin`)."""
+    return random_sparse.kaiming_fanin(shape, density, gain=gain, rng=rng, dtype=np.float64)
 
 
 def _haar_orthogonal(shape: Shape, rng: np.random.Generator) -> np.ndarray:
@@ -117,12 +114,6 @@ def orthogonal_masked(
     return gain * _haar_orthogonal(shape, rng) * mask, mask
 
 
-def isometry_loss(weight: np.ndarray) -> float:
-    """``||G - I||_F^2`` with ``G`` the Gram matrix of the smaller side of ``weight``."""
-    gram = weight @ weight.T if weight.shape[0] <= weight.shape[1] else weight.T @ weight
-    return float(np.sum((gram - np.eye(gram.shape[0])) ** 2))
-
-
 def approximate_isometry(
     shape: Shape,
     density: float,
@@ -132,36 +123,9 @@ def approximate_isometry(
     steps: int = 500,
     learning_rate: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""Random sparse init pushed towards isometry by masked gradient descent.
-
-    Minimises :math:`L(A) = \|A A^\top - I\|_F^2` over the masked entries of
-    ``A`` (``A^T A`` for tall ``A``), starting from ``kaiming_fanin`` at unit
-    gain; the gradient is :math:`\nabla L = 4 (A A^\top - I) A`, masked, and
-    the step is halved whenever it would increase the loss.
-    The result is scaled by ``gain``.  Unlike EOI it is only approximately
-    orthogonal, and at high sparsity the mask may not admit an isometry at all.
-    """
-    weight, mask = kaiming_fanin(shape, density, 1.0, rng)
-    wide = shape[0] <= shape[1]
-    matrix = weight if wide else weight.T
-    support = mask if wide else mask.T
-    identity = np.eye(matrix.shape[0])
-    residual = matrix @ matrix.T - identity
-    loss = float(np.sum(residual**2))
-    rate = learning_rate
-    for _ in range(steps):
-        # Backtracking keeps the descent monotone: with few inputs per unit the
-        # fan-in-scaled start can have a large spectral norm, where a fixed
-        # step would overshoot and diverge.
-        trial = matrix - rate * (4.0 * (residual @ matrix) * support)
-        trial_residual = trial @ trial.T - identity
-        trial_loss = float(np.sum(trial_residual**2))
-        if trial_loss > loss:
-            rate *= 0.5
-            continue
-        matrix, residual, loss = trial, trial_residual, trial_loss
-    result = matrix if wide else matrix.T
-    return gain * result, mask
+    """Approximate isometry from the core (:func:`eoi_core.isometry.approximate_isometry`), float64."""
+    return isometry.approximate_isometry(shape, density, gain=gain, rng=rng, dtype=np.float64,
+                                         steps=steps, learning_rate=learning_rate)
 
 
 Scheme = Callable[[Shape, float, float, np.random.Generator], tuple[np.ndarray, np.ndarray]]

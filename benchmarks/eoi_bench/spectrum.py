@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from eoi_core.isometry import approximate_isometry
 
 from . import report
 from ._command import add_common, standalone
 from .argtypes import positive_int, sparsity
-from .schemes import ACTIVATION_NAMES, LABELS, approximate_isometry, initialise
+from .schemes import ACTIVATION_NAMES, LABELS, initialise
 
 __all__ = ["SPECTRUM_SCHEMES", "GAINS", "jacobian", "measure", "add_arguments", "run", "main"]
 
@@ -84,8 +85,8 @@ def measure(sparsities: Sequence[float], seeds: int, *, width: int = 100, depth:
             for k_index, scheme in enumerate(schemes):
                 rngs = np.random.default_rng([seed, s_index + 1, k_index]).spawn(depth)
                 if scheme == "ai":
-                    weights = [approximate_isometry((width, width), density, 1.0, rng, steps=ai_steps)[0]
-                               for rng in rngs]
+                    weights = [approximate_isometry((width, width), density, rng=rng, dtype=np.float64,
+                                                    steps=ai_steps)[0] for rng in rngs]
                 else:
                     weights = [initialise(scheme, (width, width), density, 1.0, rng)[0] for rng in rngs]
                 for activation in ACTIVATIONS:
