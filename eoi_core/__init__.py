@@ -48,4 +48,4 @@ __all__ = [
     "validate",
 ]
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402  (the one place the version is written)

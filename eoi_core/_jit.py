@@ -19,6 +19,8 @@ uncached Numba function does) and says so in a single warning per process.
 
 from __future__ import annotations
 
+import inspect
+import os
 import threading
 import warnings
 from typing import Any, Callable
@@ -66,7 +68,9 @@ def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         A decorator turning a Python function into a Numba dispatcher.  The
         dispatcher caches its machine code on disk when Numba finds a writable
         cache locator, and otherwise compiles on first call in each process; the
-        first fallback in a process emits one :class:`NumbaCacheWarning`.
+        first fallback in a process emits one :class:`NumbaCacheWarning`.  A
+        function with no source file (typed at a prompt, or in a doctest) is
+        never cached, silently.
 
     Examples
     --------
@@ -80,6 +84,9 @@ def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
         raise TypeError("jit() decides caching itself; do not pass cache=")
 
     def decorate(function: Callable[..., Any]) -> Any:
+        if not os.path.isfile(inspect.getsourcefile(function) or ""):
+            # Defined interactively or in a doctest: there is no file to key a cache on.
+            return njit(cache=False, **options)(function)
         try:
             # Numba looks for a cache locator here, at decoration time.
             return njit(cache=True, **options)(function)

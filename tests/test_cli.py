@@ -15,10 +15,10 @@ import pytest
 
 import eoi_core
 from eoi_bench import schemes
-from eoi_bench.cli import main
-from eoi_bench.init_npz import load_npz
 from eoi_bench.memory import peak_memory
 from eoi_bench.published import published_eoi
+from eoi_core.cli import main
+from eoi_core.io import load_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,12 @@
-"""eoi_bench: the ``eoi`` command, its demo and the benchmarks of the paper's claims.
+"""eoi_bench: the demo and the benchmarks of the paper's claims, run by the ``eoi`` command.
 
 Everything runs on a CPU with data available offline (scikit-learn's bundled
 ``load_digits``; MNIST only from a local ``.npz`` the user passes).
 
 Modules
 -------
-cli        the ``eoi`` console script (``eoi demo``, ``eoi init``, ``eoi bench ...``)
+registry   the benchmarks ``eoi bench NAME`` runs (the command itself is :mod:`eoi_core.cli`)
+demo       ``eoi demo``
 data       the digits split (and a local MNIST file) as standardised tensors
 schemes    sparse initialisation schemes: EOI and the random-sparse baselines, AI
 models     masked sparse MLPs in PyTorch (fixed masks, ``weight * mask``)
@@ -17,6 +18,6 @@ deep       a 1000-layer tanh MLP on digits (Table 1, CPU version)
 angles     fixed against uniform rotation angles (Appendix G)
 """
 
-__all__ = ["__version__"]
+from eoi_core._version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -2,16 +2,22 @@
 
 A command is a pair ``add_arguments(parser)`` / ``run(args)``.  The same pair
 serves ``eoi <command>`` and ``python benchmarks/<command>.py``, so the two
-can never drift apart.
+can never drift apart.  :func:`eoi_core.cli.execute` runs both.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="example")
+>>> add_common(parser)
+>>> parser.parse_args(["--quick"]).quick
+True
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from eoi_core.cli import execute
 
 from .argtypes import positive_int
 
@@ -55,30 +61,9 @@ def configure_torch(threads: int) -> None:
         pass
 
 
-def execute(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object],
-            args: argparse.Namespace) -> int:
-    """Run a command; a ``ValueError``/``TypeError``/``OSError`` becomes ``prog: error: ...`` (exit 2).
-
-    Set ``EOI_DEBUG=1`` to see the traceback instead.
-    """
-    try:
-        run(args)
-    except BrokenPipeError:  # `eoi ... | head`: stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (ValueError, TypeError, OSError) as error:
-        if os.environ.get("EOI_DEBUG"):
-            raise
-        parser.error(str(error))
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
 def standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
                run: Callable[[argparse.Namespace], object], argv: Sequence[str] | None) -> int:
     """Parse ``argv`` for a benchmark run as its own script and execute it."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
-    return execute(parser, run, parser.parse_args(argv))
+    return execute(parser, run, parser.parse_args(argv), extra="bench")
