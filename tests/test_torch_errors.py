@@ -152,14 +152,14 @@ def test_a_bad_gain_number(gain, error):
 
 def test_selection_errors():
     model = mlp()
-    with pytest.raises(ValueError, match="'3', which is no module"):
+    with pytest.raises(ValueError, match="'3', which matches no layer"):
         eoi_torch.sparsify(model, 0.3, include="3")
-    with pytest.raises(ValueError, match="'head', which is no module"):
+    with pytest.raises(ValueError, match="'head', which matches no layer"):
         eoi_torch.sparsify(model, 0.3, exclude=["head"])
-    with pytest.raises(ValueError, match="type ReLU"):
+    with pytest.raises(ValueError, match="no layer to sparsify"):
         eoi_torch.sparsify(model, 0.3, include=nn.ReLU)
-    with pytest.raises(ValueError, match="'1', which holds no supported layer"):
-        eoi_torch.sparsify(model, 0.3, include="1")
+    with pytest.raises(ValueError, match="no layer to sparsify"):
+        eoi_torch.sparsify(model, 0.3, include="1")  # a module, but no weight matrix in it
     with pytest.raises(TypeError, match="include entries"):
         eoi_torch.sparsify(model, 0.3, include=[0])
     with pytest.raises(TypeError, match="nn.Module subclasses"):
@@ -172,21 +172,31 @@ def test_selection_errors():
         eoi_torch.sparsify(torch.zeros(4, 4), 0.3)
     with pytest.raises(TypeError, match="generator"):
         eoi_torch.sparsify(model, 0.3, generator=torch.get_rng_state())
+    for argument, value in [("mode", "mask"), ("tied", "share"), ("patchify", True), ("verify", "full")]:
+        with pytest.raises(ValueError, match=f"{argument} must be one of"):
+            eoi_torch.sparsify(model, 0.3, **{argument: value})
 
 
 def test_sparsifying_twice_lazy_layers_and_shared_weights():
     model = mlp()
     eoi_torch.sparsify(model, 0.3)
-    with pytest.raises(ValueError, match="layer '0' \\(ParametrizedLinear\\) already has a parametrization"):
+    with pytest.raises(ValueError, match="layer '0' \\(ParametrizedLinear\\) already has an EOI mask"):
         eoi_torch.sparsify(model, 0.3)
+    hooked = mlp()
+    eoi_torch.sparsify(hooked, 0.3, mode="hook")
+    with pytest.raises(ValueError, match="already has an EOI mask"):
+        eoi_torch.sparsify(hooked, 0.3)
 
-    with pytest.raises(ValueError, match="lazy"):
+    with pytest.raises(ValueError, match="layer '0' \\(LazyLinear\\) is lazy"):
         eoi_torch.sparsify(nn.Sequential(nn.LazyLinear(8)), 0.3)
 
-    tied = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    tied = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
     tied[1].weight = tied[0].weight
-    with pytest.raises(ValueError, match="share one weight"):
-        eoi_torch.sparsify(tied, 0.3)
+    with pytest.raises(ValueError, match="'0' \\(Linear\\) shares its weight with '1.weight'"):
+        eoi_torch.sparsify(tied, 0.3, tied="error")
+    report = eoi_torch.sparsify(tied, 0.3)  # default: the tie is left dense and reported
+    assert report["0"].status == "skipped" and "tied with '1.weight'" in report["0"].reason
+    assert tied[1].weight is tied[0].weight
 
 
 def test_an_infeasible_center_density_names_the_layer():

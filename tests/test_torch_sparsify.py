@@ -125,13 +125,13 @@ def test_mask_counts_and_orthogonality_at_init_in_the_layer_dtype(dtype):
     torch.manual_seed(3)
     model = SmallCNN().to(dtype)
     gain = nn.init.calculate_gain("relu")
-    report = eoi_torch.sparsify(model, 0.15, gain=gain)
+    report = eoi_torch.sparsify(model, 0.15, gain=gain, verify="exact")
     masks = eoi_torch.masks(model)
     tolerance = max(2 * EPS[dtype], 1e-12) * gain**2
     for row in report:
         module = model.get_submodule(row.name)
         weight, mask, groups = module.weight, masks[row.name], row.groups
-        assert weight.dtype == dtype and row.dtype == str(dtype)
+        assert weight.dtype == dtype and row.dtype == str(dtype).removeprefix("torch.")
         assert row.shape == tuple(weight.shape) and row.size == weight.numel()
         per_group = eoi_core.mask_count(row.density, weight.numel() // groups)
         assert [int(block.sum()) for block in mask.chunk(groups, dim=0)] == [per_group] * groups
@@ -139,7 +139,8 @@ def test_mask_counts_and_orthogonality_at_init_in_the_layer_dtype(dtype):
         assert not weight[~mask].any()
         gap = centre_gap(weight, groups, isinstance(module, TRANSPOSED), gain)
         assert gap <= tolerance
-        assert row.orthogonality_error == pytest.approx(gap, rel=1e-6, abs=1e-15)
+        # verify="exact": max |H^T H - g^2 I| relative to g^2, in float64.
+        assert row.orthogonality_error == pytest.approx(gap / gain**2, rel=1e-6, abs=1e-15)
 
 
 def test_at_init_a_same_padded_conv_stack_preserves_norms():
@@ -203,8 +204,10 @@ def test_include_exclude_by_type_and_name_and_biases_untouched():
     parameters = {name: p.detach().clone() for name, p in model.named_parameters()}
     include = [nn.Conv2d, nn.ConvTranspose2d, "head"]
     report = eoi_torch.sparsify(model, 0.4, include=include, exclude="grouped")
-    assert [row.name for row in report] == ["stem", "up", "head"]
-    assert [row.kind for row in report] == ["Conv2d", "ConvTranspose2d", "Linear"]
+    assert [row.name for row in report.sparsified] == ["stem", "up", "head"]
+    assert [row.kind for row in report.sparsified] == ["Conv2d", "ConvTranspose2d", "Linear"]
+    assert {row.name: row.reason for row in report.skipped} == dict.fromkeys(
+        ["grouped", "sequence", "volume"], "not selected (include/exclude)")
     for name in ("grouped", "sequence", "volume"):
         module = model.get_submodule(name)
         assert not parametrize.is_parametrized(module)
@@ -219,7 +222,8 @@ def test_include_by_container_name():
     model.add_module("encoder", nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16)))
     model.add_module("decoder", nn.Linear(16, 8))
     report = eoi_torch.sparsify(model, 0.5, include="encoder")
-    assert [row.name for row in report] == ["encoder.0", "encoder.1"]
+    assert [row.name for row in report.sparsified] == ["encoder.0", "encoder.1"]
+    assert [(row.name, row.status) for row in report.skipped] == [("decoder", "skipped")]
 
 
 def test_gain_callable_per_layer():
@@ -269,7 +273,7 @@ def test_report_prints_an_aligned_table():
     report = eoi_torch.sparsify(SmallCNN(), 0.2)
     lines = str(report).splitlines()
     assert len(lines) == len(report) + 4  # header, rule, rows, rule, total
-    header = ["layer", "type", "shape", "groups", "dtype", "density", "mask", "size", "gain", "ortho", "error"]
+    header = ["layer", "type", "shape", "groups", "dtype", "density", "mask", "size", "gain", "ortho", "error", "note"]
     assert lines[0].split() == header
     for line, row in zip(lines[2:], report):
         assert line.split()[:4] == [row.name, row.kind, "x".join(map(str, row.shape)), str(row.groups)]

@@ -14,17 +14,13 @@ import numpy as np
 import torch
 
 import eoi_core
+from eoi_core.dtypes import DTYPES
 
 __all__ = ["eoi_", "SUPPORTED_DTYPES"]
 
-# torch dtype -> what the core is asked for.  bfloat16 goes by name: the core
-# casts float64 -> bfloat16 itself (through ml_dtypes), so there is one rounding.
-_CORE_DTYPES: dict[torch.dtype, Any] = {
-    torch.float16: np.float16,
-    torch.bfloat16: "bfloat16",
-    torch.float32: np.float32,
-    torch.float64: np.float64,
-}
+# torch dtype -> the core's dtype name (the core's one list, eoi_core.dtypes.DTYPES).  bfloat16
+# goes by name: the core casts float64 -> bfloat16 itself (ml_dtypes), so there is one rounding.
+_CORE_DTYPES: dict[torch.dtype, Any] = {getattr(torch, name): name for name in DTYPES}
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = tuple(_CORE_DTYPES)
 
 # Largest seed torch.randint can draw (its `high` is exclusive and an int64).
@@ -39,6 +35,16 @@ def check_tensor(tensor: Any, name: str = "tensor") -> torch.Tensor:
         raise TypeError(
             f"{name} must have a floating dtype, one of "
             f"{[str(dtype) for dtype in SUPPORTED_DTYPES]}, got {tensor.dtype}"
+        )
+    if tensor.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device and has no values to initialise; build the model on "
+            "'meta', call model.to_empty(device=...) and then initialise it"
+        )
+    if tensor.is_inference():
+        raise ValueError(
+            f"{name} is an inference tensor (created under torch.inference_mode()) and cannot be "
+            "trained; build the model outside inference mode"
         )
     if not 2 <= tensor.dim() <= 5:
         raise ValueError(
@@ -184,6 +190,12 @@ def eoi_(
     """
     check_tensor(tensor)
     check_generator(generator)
+    if not tensor.is_leaf:
+        raise ValueError(
+            "tensor is computed from another tensor (e.g. a parametrized layer.weight, recomputed on "
+            "every access), so filling it would change nothing; initialise the parameter itself "
+            "(layer.parametrizations.weight.original) or the layer before it is parametrized"
+        )
     # Fail before the draw, so a bad call does not advance torch's RNG either.
     eoi_core.validate(
         tuple(tensor.shape),
@@ -203,6 +215,7 @@ def eoi_(
         groups=groups,
         center_density=center_density,
     )
-    with torch.no_grad():
+    # Outside inference mode, so that the mask is an ordinary tensor training can use.
+    with torch.inference_mode(False), torch.no_grad():
         tensor.copy_(as_tensor(weight, tensor.dtype))
-    return torch.from_numpy(mask).to(tensor.device)
+        return torch.from_numpy(mask).to(tensor.device)

@@ -1,14 +1,30 @@
-"""Masks kept by torch's own parametrization machinery.
+"""How a sparsified weight stays sparse in training: two modes.
 
-:func:`sparsify` registers an :class:`EOIMask` on each layer's ``weight`` with
-:func:`torch.nn.utils.parametrize.register_parametrization`.  The trainable
-parameter becomes ``layer.parametrizations.weight.original`` (the same
-``Parameter`` object, so an optimizer built before still holds it) and
-``layer.weight`` is computed as ``original * mask`` on every access: one
-element-wise multiply per forward, and the effective weight is exactly zero off
-the mask whatever the optimizer does to ``original``.  The mask is a buffer,
-so it lives in ``state_dict`` (key ``<layer>.parametrizations.weight.0.mask``),
-moves with ``model.to(...)`` and survives ``copy.deepcopy``.
+``mode="parametrize"`` (the default of :func:`sparsify`)
+    An :class:`EOIMask` is registered on the weight with
+    :func:`torch.nn.utils.parametrize.register_parametrization`.  The trainable
+    parameter becomes ``layer.parametrizations.<name>.original`` (the same
+    ``Parameter`` object, so an optimizer built before still holds it) and
+    ``layer.<name>`` is computed as ``original * mask`` on every access: one
+    element-wise multiply per forward (and one in backward).  The effective
+    weight is zero off the mask whatever any optimizer does.  For inference,
+    ``with torch.nn.utils.parametrize.cached(): model(x)`` computes each masked
+    weight once for the whole block instead of once per access.  State-dict
+    keys: ``<layer>.parametrizations.<name>.original`` and ``...<name>.0.mask``.
+
+``mode="hook"`` (no forward overhead)
+    The parameter stays where it is (``layer.weight``, same key in
+    ``state_dict``); the mask is a buffer ``<layer>.eoi_mask_<name>`` and a
+    ``register_post_accumulate_grad_hook`` multiplies the gradient by it after
+    every backward, the way static sparse training codes keep masks.  An
+    off-mask weight is zero at init and gets zero gradient, so SGD (momentum,
+    weight decay), Adam, AdamW, Adagrad, gradient clipping and AMP's
+    ``GradScaler`` all leave it exactly zero (their update of a weight with
+    zero value, zero gradient and zero state is zero).  For optimizers that
+    move such weights anyway (noise, custom updates), :func:`keep_masks` adds
+    an ``Optimizer.register_step_post_hook`` that re-zeros them after each step.
+    The hooks are re-armed by a forward pre-hook after ``copy.deepcopy`` or
+    ``load_state_dict`` into a prepared model.
 """
 
 from __future__ import annotations
@@ -19,11 +35,19 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["EOIMask", "masks", "make_permanent", "prepare_for_load"]
+__all__ = ["EOIMask", "masks", "make_permanent", "prepare_for_load", "keep_masks", "MODES"]
 
-# State-dict key of the mask :func:`sparsify` registers: "<layer.>parametrizations.<tensor>.0.mask".
-_MASK_KEY = re.compile(r"^(?P<layer>(?:.*\.)?)parametrizations\.(?P<tensor>[^.]+)\.0\.mask$")
+MODES = ("parametrize", "hook")
+_PREFIX = "eoi_mask_"
+
+# State-dict keys of the two modes' masks.
+_PARAMETRIZED_KEY = re.compile(r"^(?P<layer>(?:.*\.)?)parametrizations\.(?P<tensor>[^.]+)\.0\.mask$")
+_HOOK_KEY = re.compile(r"^(?P<layer>(?:.*\.)?)" + _PREFIX + r"(?P<tensor>[^.]+)$")
+
+# Parameter -> (mask owner module, buffer name, hook handle), for the hook mode.
+_ARMED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 class EOIMask(nn.Module):
@@ -53,14 +77,71 @@ class EOIMask(nn.Module):
         return weight * self.mask
 
 
-def _eoi_masks(module: nn.Module, tensor: str = "weight") -> list[EOIMask]:
-    if not parametrize.is_parametrized(module, tensor):
-        return []
-    return [p for p in module.parametrizations[tensor] if isinstance(p, EOIMask)]
+class _GradMask:
+    """Post-accumulate-grad hook: ``grad *= mask`` (the mask read from its module at call time)."""
+
+    def __init__(self, module: nn.Module, buffer: str):
+        # A weak reference: the hook lives on the Parameter, which the module owns.
+        import weakref
+
+        self.module = weakref.ref(module)
+        self.buffer = buffer
+
+    def __call__(self, parameter: torch.Tensor) -> None:
+        module = self.module()
+        if module is not None and parameter.grad is not None:
+            parameter.grad.mul_(getattr(module, self.buffer))
+
+
+class _Arm:
+    """Forward pre-hook that (re-)registers the gradient hooks of a module's masked parameters.
+
+    Tensor hooks do not survive ``copy.deepcopy`` or a fresh model; this object
+    does (it lives in the module's hook dict), so the first forward re-arms them.
+    """
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        arm(module)
+
+
+def arm(module: nn.Module) -> None:
+    """Register the hook-mode gradient mask on each of ``module``'s masked parameters (idempotent)."""
+    for name, buffer in module._buffers.items():
+        if not name.startswith(_PREFIX) or buffer is None:
+            continue
+        parameter = module._parameters.get(name[len(_PREFIX):])
+        if parameter is None or parameter in _ARMED:
+            continue
+        handle = parameter.register_post_accumulate_grad_hook(_GradMask(module, name))
+        _ARMED[parameter] = (module, name, handle)
+
+
+def attach(module: nn.Module, name: str, mask: torch.Tensor, mode: str) -> None:
+    """Keep ``module.<name>`` masked by ``mask`` in ``mode`` (``"parametrize"`` or ``"hook"``)."""
+    if mode == "parametrize":
+        parametrize.register_parametrization(module, name, EOIMask(mask))
+        return
+    module.register_buffer(_PREFIX + name, mask)
+    if not any(isinstance(hook, _Arm) for hook in module._forward_pre_hooks.values()):
+        module.register_forward_pre_hook(_Arm())
+    arm(module)
+
+
+def _eoi_masks(module: nn.Module) -> dict[str, torch.Tensor]:
+    found = {}
+    if hasattr(module, "parametrizations"):
+        for name, chain in module.parametrizations.items():
+            for parametrization in chain:
+                if isinstance(parametrization, EOIMask):
+                    found[name] = parametrization.mask
+    for name, buffer in module._buffers.items():
+        if name.startswith(_PREFIX) and buffer is not None:
+            found[name[len(_PREFIX):]] = buffer
+    return found
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The EOI mask of every sparsified layer, by qualified layer name.
+    """The EOI mask of every sparsified weight, by key (``layer`` for ``weight``, else ``layer.param``).
 
     Examples
     --------
@@ -71,39 +152,100 @@ def masks(model: nn.Module) -> dict[str, torch.Tensor]:
     ['0', '2']
     """
     found = {}
-    for name, module in model.named_modules():
-        for parametrization in _eoi_masks(module):
-            found[name] = parametrization.mask
+    for layer, module in model.named_modules():
+        for name, mask in _eoi_masks(module).items():
+            key = layer if name == "weight" else (f"{layer}.{name}" if layer else name)
+            found.setdefault(key, mask)
     return found
 
 
-def make_permanent(model: nn.Module) -> nn.Module:
-    """Bake every EOI mask into its weight and drop the parametrization, in place.
+def _own_class(module: nn.Module) -> None:
+    # parametrize gives each module a generated class and remove_parametrizations deletes the
+    # property from it; a deep copy shares that class with the original, so give this module its
+    # own before removing (else the original's forward would lose its weight property).
+    cls = type(module)
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
-    Each sparsified layer's ``weight`` becomes a plain ``Parameter`` holding
-    ``original * mask`` (so the zeros stay), via
-    ``torch.nn.utils.parametrize.remove_parametrizations(layer, "weight")``.
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Bake every EOI mask into its weight and stop masking, in place.
+
+    Each sparsified weight becomes a plain ``Parameter`` holding
+    ``original * mask`` (so the zeros stay): parametrized weights via
+    ``torch.nn.utils.parametrize.remove_parametrizations(layer, name)``,
+    hook-mode weights by removing the gradient hook and the mask buffer.
     Training afterwards no longer keeps the zeros; the ``state_dict`` has plain
-    ``<layer>.weight`` keys again and loads into an unsparsified model.
+    keys again and loads into an unsparsified model.  Safe on a
+    ``copy.deepcopy`` of a model that keeps training ("export a dense copy").
 
     Returns
     -------
     model : the same module, for chaining.
     """
     for _, module in model.named_modules():
-        if _eoi_masks(module):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        found = _eoi_masks(module)
+        if not found:
+            continue
+        if parametrize.is_parametrized(module):
+            _own_class(module)
+        for name in found:
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                continue
+            buffer = _PREFIX + name
+            parameter = module._parameters[name]
+            with torch.no_grad():
+                parameter.mul_(module._buffers[buffer])
+            entry = _ARMED.pop(parameter, None)
+            if entry is not None:
+                entry[2].remove()
+            del module._buffers[buffer]
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _Arm):
+                del module._forward_pre_hooks[key]
     return model
 
 
-def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
-    """Give a freshly built ``model`` the EOI parametrizations that ``state_dict`` was saved with.
+def keep_masks(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
+    """Re-zero ``model``'s hook-mode weights off their masks after every ``optimizer.step()``.
 
-    A sparsified layer saves ``<layer>.parametrizations.weight.original`` and
-    ``<layer>.parametrizations.weight.0.mask`` instead of ``<layer>.weight``;
-    ``model.load_state_dict`` needs the same structure.  For every such mask in
-    ``state_dict`` whose layer exists in ``model`` and is not parametrized yet,
-    this registers an :class:`EOIMask` (with that mask, on the layer's device);
+    Not needed for SGD, Adam(W), Adagrad & co. (a weight with zero value,
+    gradient and state does not move); use it for optimizers that move such
+    weights.  Returns the ``RemovableHandle`` of
+    ``optimizer.register_step_post_hook``.
+
+    Examples
+    --------
+    >>> import torch, eoi_torch
+    >>> model = torch.nn.Linear(8, 8)
+    >>> _ = eoi_torch.sparsify(model, 0.5, mode="hook")
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> handle = eoi_torch.keep_masks(optimizer, model)
+    """
+    pairs = []
+    for _, module in model.named_modules():
+        for name, buffer in module._buffers.items():
+            if name.startswith(_PREFIX) and buffer is not None:
+                pairs.append((module, name[len(_PREFIX):], name))
+
+    def rezero(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for module, name, buffer in pairs:
+                module._parameters[name].mul_(module._buffers[buffer])
+
+    return optimizer.register_step_post_hook(rezero)
+
+
+def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Module:
+    """Give a freshly built ``model`` the EOI masks that ``state_dict`` was saved with.
+
+    A parametrized weight saves ``<layer>.parametrizations.<name>.original`` and
+    ``<layer>.parametrizations.<name>.0.mask`` instead of ``<layer>.<name>``; a
+    hook-mode weight saves ``<layer>.<name>`` and ``<layer>.eoi_mask_<name>``.
+    ``model.load_state_dict`` needs the same structure: for every such mask in
+    ``state_dict`` whose layer exists in ``model`` and is not masked yet, this
+    registers the mask in the same mode (on the layer's device);
     ``load_state_dict`` then fills in the values.  Keys it cannot place are
     left for ``load_state_dict`` to report.
 
@@ -126,12 +268,15 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
     """
     layers = dict(model.named_modules())
     for key, value in state_dict.items():
-        match = _MASK_KEY.match(key)
+        match, mode = _PARAMETRIZED_KEY.match(key), "parametrize"
+        if match is None:
+            match, mode = _HOOK_KEY.match(key), "hook"
         if match is None:
             continue
-        module = layers.get(match["layer"].rstrip("."))
+        layer = match["layer"].rstrip(".")
+        module = layers.get(layer)
         tensor = match["tensor"]
-        if module is None or parametrize.is_parametrized(module, tensor):
+        if module is None or tensor in _eoi_masks(module):
             continue
         current = getattr(module, tensor, None)
         if not isinstance(current, torch.Tensor) or not isinstance(value, torch.Tensor):
@@ -139,8 +284,8 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
         if value.shape != current.shape or value.dtype != torch.bool:
             raise ValueError(
                 f"state_dict[{key!r}] is a {value.dtype} mask of shape {tuple(value.shape)}, but "
-                f"layer {match['layer'].rstrip('.')!r} has {tensor} of shape {tuple(current.shape)}; "
+                f"layer {layer!r} has {tensor} of shape {tuple(current.shape)}; "
                 "a mask must be bool with the weight's shape"
             )
-        parametrize.register_parametrization(module, tensor, EOIMask(value.to(current.device, copy=True)))
+        attach(module, tensor, value.to(current.device, copy=True), mode)
     return model

@@ -1,145 +1,225 @@
-"""``sparsify``: EOI for every supported layer of a model, masks kept by ``torch.nn.utils.parametrize``."""
+"""``sparsify``: EOI for every weight matrix of a model, masks kept in training."""
 
 from __future__ import annotations
 
-import math
-import numbers
+import importlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, Union
 
+import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 import eoi_core
+from eoi_core.checks import check_gain, check_int, kernel_center_density
 from eoi_core.distributions import layer_densities
+from eoi_core.report import LayerReport, SparsifyReport
+from eoi_core.selection import select
 
-from .init import as_tensor, check_generator, check_tensor, draw_seed, generate
-from .mask import EOIMask
-from .report import LayerReport, SparsifyReport
-from .select import Layer, select_layers
+from .discover import SUPPORTED_LAYERS, Target, find_weights
+from .init import _CORE_DTYPES, as_tensor, check_generator, check_tensor, draw_seed, generate
+from .mask import MODES, _eoi_masks, attach
+from .verify import check_verify, exact_error, probe_error
 
-__all__ = ["sparsify"]
+__all__ = ["sparsify", "TIED"]
 
-Selector = Union[type, str, Iterable[Union[type, str]], None]
-
-
-def _check_gain_value(value: Any, where: str) -> float:
-    # Same rule as the core (a finite positive real, bool excluded), with the layer named.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"gain {where} must be a finite positive real number, "
-            f"got {value!r} of type {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"gain {where} must be a finite positive real number, got {value!r}")
-    return float(value)
+Selector = Union[type, str, Callable[[str], bool], Iterable[Union[type, str, Callable[[str], bool]]], None]
+TIED = ("skip", "sparsify", "error")
+_PATCHIFY = ("skip", "sparsify")
 
 
-def _gains(gain: Any, layers: list[Layer]) -> list[float]:
-    if callable(gain):
-        return [
-            _check_gain_value(gain(layer.module), f"returned for layer {layer.name!r} ({layer.kind})")
-            for layer in layers
-        ]
-    value = _check_gain_value(gain, "(a number or a callable of the module)")
-    return [value] * len(layers)
+def _choice(value: Any, allowed: tuple, name: str) -> Any:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
 
 
-def _densities(distribution: Any, density: Any, layers: list[Layer]) -> list[float]:
-    if isinstance(distribution, Mapping) and density is not None:
-        raise ValueError(
-            f"density must be None when distribution is a mapping of layer name to density "
-            f"(the mapping gives every layer's density), got density={density!r}"
-        )
-    return layer_densities(
-        distribution,
-        [layer.shape for layer in layers],
-        density,
-        names=[layer.name for layer in layers],
-        groups=[layer.groups for layer in layers],
-    )
+def _check_types(selector: Any, argument: str) -> None:
+    items = [selector] if isinstance(selector, (str, type)) or callable(selector) else (selector or [])
+    try:
+        items = list(items)
+    except TypeError:
+        return  # select() gives the message
+    for item in items:
+        if isinstance(item, type) and not issubclass(item, nn.Module):
+            raise TypeError(f"{argument} types must be nn.Module subclasses, got {item!r}")
+
+
+def _resolve_scheme(scheme: Any) -> Callable | None:
+    """``None`` for the built-in EOI path, else the scheme's ``(shape, density, ...) -> (weight, mask)``."""
+    if isinstance(scheme, str) and scheme == "eoi":
+        return None
+    try:
+        schemes = importlib.import_module("eoi_core.schemes")
+    except ModuleNotFoundError:
+        schemes = None
+    if schemes is not None:
+        return schemes.get(scheme)
+    if callable(scheme):
+        return scheme
+    raise ValueError(f"scheme must be 'eoi' or a callable (shape, density, *, gain, dtype, rng, groups, "
+                     f"center_density) -> (weight, mask), got {scheme!r}")
+
+
+def _skipped(target: Target, reason: str) -> LayerReport:
+    return LayerReport.skipped(target.name, target.kind, tuple(target.tensor.shape),
+                               str(target.tensor.dtype).removeprefix("torch."), reason, target.parameter)
+
+
+def _tie_names(target: Target) -> list[str]:
+    """The other holders of a tied parameter, as ``layer.parameter``."""
+    return [f"{name}.{parameter}" if name else parameter for name, module, parameter in target.holders
+            if not (module is target.module and parameter == target.parameter)]
+
+
+def _check_unmasked(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if _eoi_masks(module):
+            raise ValueError(
+                f"layer {name!r} ({type(module).__name__}) already has an EOI mask; sparsify a freshly "
+                "built model (eoi_torch.make_permanent removes EOI masks)"
+            )
+
+
+def _write(target: Target, weight: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """Copy the canonical ``weight`` into the parameter (its own layout and device); return its mask."""
+    tensor = target.tensor
+    mask_tensor = torch.from_numpy(mask)
+    if target.transposed:
+        weight, mask_tensor = weight.T, mask_tensor.T.contiguous()
+    with torch.no_grad():
+        tensor.copy_(weight)
+    return mask_tensor.to(tensor.device)
+
+
+def _error(target: Target, gain: float, verify: Any) -> float | None:
+    if verify is None:
+        return None
+    weight = target.tensor.detach()
+    weight = weight.T if target.transposed else weight
+    if verify == "exact":
+        return exact_error(weight, gain, target.groups)
+    return probe_error(weight, gain, target.groups)
 
 
 def sparsify(
     model: nn.Module,
     density: float | None,
     *,
-    distribution: str | Mapping[str, float] = "erk",
+    distribution: str | Mapping[str, float] | Callable = "erk",
     gain: float | Callable[[nn.Module], float] = 1.0,
     center_density: float | str | None = None,
     include: Selector = None,
     exclude: Selector = None,
     generator: torch.Generator | None = None,
+    scheme: str | Callable = "eoi",
+    mode: str = "parametrize",
+    tied: str = "skip",
+    blocks: Mapping[str, int] | None = None,
+    patchify: str = "skip",
+    verify: str | None = "probe",
+    workers: int | None = None,
 ) -> SparsifyReport:
-    r"""Initialise a model's layers with EOI and keep them sparse through training.
+    r"""Initialise every weight matrix of a model with EOI and keep it sparse through training.
 
-    Every selected ``nn.Linear``, ``nn.Conv1d/2d/3d`` and
-    ``nn.ConvTranspose1d/2d/3d`` weight is filled with :func:`eoi_torch.eoi_`
-    at its own density, and its mask is registered with
-    ``torch.nn.utils.parametrize`` (:class:`eoi_torch.EOIMask`), so that
+    The weights found (see :mod:`eoi_torch.discover`): ``nn.Linear``,
+    ``nn.Conv*d`` and ``nn.ConvTranspose*d`` ``weight``; ``nn.MultiheadAttention``
+    ``in_proj_weight`` as three orthogonal blocks (q, k, v) or its separate
+    ``q/k/v_proj_weight`` (and its ``out_proj`` Linear); ``nn.RNN/GRU/LSTM``
+    ``weight_ih_l*`` and ``weight_hh_l*`` with one exact EOI per gate block
+    (a ``(4H, in)`` LSTM matrix is four ``(H, in)`` orthogonal blocks); and
+    ``transformers``' ``Conv1D`` (stored ``(in, out)``, fused ``c_attn`` as
+    q, k, v blocks).  Each is filled with :func:`eoi_core.sparse_orthogonal`
+    at its own density and its mask is kept in training (``mode``).  Biases
+    are untouched.  Every other parameter of rank >= 2 (embeddings, frozen
+    and patchify layers, unknown layouts) is listed in the report as skipped,
+    with the reason.
 
-    .. math:: \text{layer.weight} = \text{original} \odot \text{mask}
+    ``ConvTranspose`` weights ``(in, out // groups, *kernel)`` are given to the
+    core as they are, so each group's centre block ``H`` is ``(in/g, out/g)``
+    and the layer computes ``y = H^T x`` per position (norm-preserving when
+    ``in <= out``).
 
-    is recomputed on every access (one element-wise multiply per forward) and
-    stays exactly zero off the mask under any optimizer, weight decay
-    included.  The trainable ``Parameter`` is
-    ``layer.parametrizations.weight.original`` (the same object as the old
-    ``layer.weight``, so an existing optimizer keeps working); the mask is a
-    buffer in ``state_dict``.  Biases are untouched.
-
-    ``ConvTranspose`` weights have layout ``(in, out // groups, *kernel)``; the
-    core is given that shape and the layer's ``groups``, so each group's centre
-    block ``H`` is ``(in/g, out/g)`` and the layer computes ``y = H^T x`` per
-    position: norm-preserving when ``in <= out`` (``H H^T = g^2 I``). Their
-    distribution score uses that shape too.
+    Cost: the sum of the core calls (layers are generated by ``workers``
+    threads; the Numba kernels release the GIL, each layer's seed is drawn
+    from torch's RNG in layer order first, so the result is bit-identical to
+    one worker), a copy into each parameter and the ``verify`` check.
+    Memory: the model plus one layer's working set per worker.  Everything is
+    validated before anything is written, so on an error the model is untouched.
 
     Parameters
     ----------
     model : nn.Module
-        Built (not lazy) and not yet sparsified.
+        Built with real storage: a model built on the ``meta`` device must be
+        materialised first (``model.to_empty(device=...)``, then sparsify).
     density : float in (0, 1] or None
         Target density over all selected weights (their parameter-weighted
         mean density, to within one entry per layer).  ``None`` when
         ``distribution`` is a mapping.
-    distribution : {"erk", "er", "erdos_renyi", "uniform"} or mapping, optional
-        How the density is spread over layers (see
-        :mod:`eoi_core.distributions`; no layer goes below its orthogonal
-        floor), or a mapping of qualified layer name to density covering every
-        selected layer.
+    distribution : {"erk", "er", "erdos_renyi", "uniform"}, mapping or callable
+        How the density is spread over weights (:func:`eoi_core.distributions.layer_densities`;
+        no weight goes below its orthogonal floor); a mapping is keyed by
+        :attr:`LayerReport.name` (``"encoder.0.self_attn.in_proj_weight"``).
     gain : float or callable, optional
-        A positive number for every layer, or ``gain(module) -> float`` per
-        layer, e.g. ``lambda m: nn.init.calculate_gain("relu")``.
+        A positive number, or ``gain(module) -> float`` per layer.
     center_density : None, float or "sqrt", optional
-        Centre-tap density of convolution kernels (see :func:`eoi_torch.eoi_`);
-        dense layers have no taps (their whole weight is the centre) and ignore it.
-    include, exclude : type, str or iterable of these, optional
-        Select layers by type (``isinstance``) or qualified name (that module
-        and everything inside it).  By default every supported layer.
+        Centre-tap density of convolution kernels (rank >= 3) only
+        (:func:`eoi_core.checks.kernel_center_density`); dense weights ignore it.
+    include, exclude : selector or iterable of selectors, optional
+        Layer types (``isinstance``), qualified names (that module and
+        everything inside it), glob patterns or predicates on the name
+        (:mod:`eoi_core.selection`).  A string that matches no module is a
+        ``ValueError``.  Weights not selected are listed as skipped.
     generator : torch.Generator, optional
-        Source of the per-layer seeds; ``None`` uses torch's default CPU
+        Source of the per-weight seeds; ``None`` uses torch's default CPU
         generator, so ``torch.manual_seed`` makes the model reproducible.
+    scheme : str or callable, optional
+        ``"eoi"`` (default) or another scheme of :mod:`eoi_core.schemes`
+        (``"sao"``, ``"ai"``, ``"kaiming"``, ``"kaiming_fanin"``) or a callable
+        with the core's signature.  Only ``"eoi"`` promises orthogonality: for
+        other schemes the report's orthogonality column is ``None``.
+    mode : {"parametrize", "hook"}, optional
+        How masks are kept (:mod:`eoi_torch.mask`): ``"parametrize"``
+        (``weight = original * mask`` on every access) or ``"hook"`` (the
+        gradient is masked; no forward overhead).
+    tied : {"skip", "sparsify", "error"}, optional
+        A parameter held by several modules (an embedding tied to the output
+        head): leave it dense and report ``"tied with ..."`` (default),
+        initialise it once with one mask that every holder sees, or raise.
+        A tie is never broken.
+    blocks : mapping of selector to int, optional
+        Orthogonal blocks along ``out`` for fused weights whose split cannot
+        be seen, e.g. ``{"*.qkv": 3}`` for timm's fused ``qkv`` Linear.
+    patchify : {"skip", "sparsify"}, optional
+        Convolutions with ``kernel_size == stride`` (ViT/ConvNeXt stems) are
+        skipped by default: the delta embedding would leave one pixel of each
+        patch live.
+    verify : {"probe", "exact", None}, optional
+        The report's orthogonality column (:mod:`eoi_torch.verify`):
+        ``"probe"`` (default, ``O(size)``), ``"exact"`` (Gram matrices, O(n^3)) or none.
+    workers : int, optional
+        Threads generating layers concurrently (default: ``min(4, os.cpu_count())``).
 
     Returns
     -------
-    SparsifyReport
-        Per layer: shape, groups, dtype, density, mask count, gain and
-        orthogonality error at init; ``print(report)`` shows a table.
+    eoi_core.report.SparsifyReport
+        One row per weight matrix of the model: sparsified (density, mask
+        count, gain, orthogonality error, a note on blocks) or skipped (why).
 
     Raises
     ------
     TypeError, ValueError
-        For a bad argument, an unknown distribution, an infeasible density,
-        a ``gain`` callable returning anything but a finite positive real, an
-        unsupported dtype or an already sparsified layer (each naming the
-        layer).  The model is left untouched: every weight is generated before
-        the first one is written.
+        For a bad argument, an unknown distribution or scheme, an infeasible
+        density, a bad gain, an unsupported dtype, a meta or inference tensor,
+        an already sparsified model, a tie with ``tied="error"`` (each naming
+        the layer), or a call under ``torch.inference_mode()``.
 
     Examples
     --------
     >>> import torch, eoi_torch
     >>> from torch import nn
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 10))
     >>> report = eoi_torch.sparsify(model, 0.1)
     >>> [layer.kind for layer in report], f"{report.density:.3f}"
@@ -147,53 +227,136 @@ def sparsify(
     >>> bool((model[3].weight[~eoi_torch.masks(model)["3"]] == 0).all())
     True
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "sparsify cannot run under torch.inference_mode(): its masks would be inference tensors "
+            "that training cannot use; call it outside the inference_mode block"
+        )
     check_generator(generator)
-    layers = select_layers(model, include, exclude)
-    for layer in layers:
-        check_tensor(layer.module.weight, f"the weight of layer {layer.name!r} ({layer.kind})")
-    densities = _densities(distribution, density, layers)
-    gains = _gains(gain, layers)
+    _choice(mode, MODES, "mode")
+    _choice(tied, TIED, "tied")
+    _choice(patchify, _PATCHIFY, "patchify")
+    check_verify(verify)
+    workers = min(4, os.cpu_count() or 1) if workers is None else check_int(workers, "workers")
+    if blocks is not None and not isinstance(blocks, Mapping):
+        raise TypeError(f"blocks must be None or a mapping of selector to int, got {blocks!r}")
+    for key, count in (blocks or {}).items():
+        check_int(count, f"blocks[{key!r}]")
+    _check_types(include, "include")
+    _check_types(exclude, "exclude")
+    build = _resolve_scheme(scheme)
+    _check_unmasked(model)
 
-    # Generate everything before writing anything: an error (say, an infeasible density for
-    # the fifth layer) leaves the model untouched.
-    generated = []
-    for layer, layer_density, layer_gain in zip(layers, densities, gains):
-        weight = layer.module.weight
+    targets = find_weights(model, blocks=blocks, patchify=patchify)
+    candidates = [t for t in targets if t.supported]
+    chosen = set(select(
+        [t.name for t in candidates], include, exclude,
+        candidates=[name for name, _ in model.named_modules()],
+        objects=[t.module for t in candidates],
+        other=(type,), other_doc="a layer type",
+        match_other=lambda selector, module: isinstance(module, selector),
+    ))
+    selected: list[Target] = []
+    reasons: dict[int, str] = {}
+    for index, target in enumerate(candidates):
+        if index not in chosen:
+            reasons[id(target)] = "not selected (include/exclude)"
+            continue
+        if len(target.holders) > 1:
+            others = ", ".join(repr(name) for name in _tie_names(target))
+            if tied == "error":
+                raise ValueError(
+                    f"{target.key!r} ({target.kind}) shares its {target.parameter} with {others}; "
+                    "pass tied='skip' to leave it dense or tied='sparsify' to give it one mask"
+                )
+            if tied == "skip":
+                reasons[id(target)] = f"tied with {others} (tied='sparsify' gives it one shared mask)"
+                continue
+            target.note = "; ".join(filter(None, [target.note, f"shared with {others}"]))
+        check_tensor(target.tensor, f"the {target.parameter} of layer {target.key!r} ({target.kind})")
+        selected.append(target)
+    if not selected:
+        supported = ", ".join(layer.__name__ for layer in SUPPORTED_LAYERS)
+        raise ValueError(f"no layer to sparsify: include/exclude (or ties, frozen and skipped weights) leave "
+                         f"no supported layer; sparsify supports: {supported} and transformers' Conv1D")
+
+    keys = [t.key for t in selected]
+    densities = layer_densities(distribution, [t.shape for t in selected], density, names=keys,
+                                groups=[t.groups for t in selected])
+    gains = []
+    for target in selected:
+        value = gain(target.module) if callable(gain) else gain
         try:
-            values, mask = generate(
-                layer.shape,
-                layer_density,
-                weight.dtype,
-                seed=draw_seed(generator),
-                gain=layer_gain,
-                groups=layer.groups,
-                center_density=center_density if weight.dim() > 2 else None,
-            )
+            gains.append(check_gain(value))
         except (TypeError, ValueError) as error:
-            raise type(error)(f"layer {layer.name!r} ({layer.kind}): {error}") from error
-        generated.append((values, mask))
+            if not callable(gain):
+                raise
+            raise type(error)(f"gain returned for layer {target.key!r} ({target.kind}): {error}") from error
+    centres = [kernel_center_density(t.shape, center_density) for t in selected]
+    for target, layer_density, layer_gain, centre in zip(selected, densities, gains, centres):
+        try:
+            eoi_core.validate(target.shape, layer_density, gain=layer_gain,
+                              dtype=_CORE_DTYPES[target.tensor.dtype], groups=target.groups,
+                              center_density=centre)
+        except (TypeError, ValueError) as error:
+            if build is not None and "infeasible" in str(error):
+                continue  # the orthogonal floor is EOI's; another scheme judges feasibility itself
+            raise type(error)(f"layer {target.key!r} ({target.kind}): {error}") from error
+
+    # Seeds in layer order first: the result does not depend on `workers`.
+    seeds = [draw_seed(generator) for _ in selected]
+    jobs = list(zip(selected, densities, gains, centres, seeds))
+
+    def make(job) -> tuple[torch.Tensor, np.ndarray]:
+        """The weight (a CPU tensor of the parameter's dtype, canonical layout) and the mask."""
+        target, layer_density, layer_gain, centre, seed = job
+        dtype = target.tensor.dtype
+        if build is None:
+            values, mask = generate(target.shape, layer_density, dtype, seed=seed, gain=layer_gain,
+                                    groups=target.groups, center_density=centre)
+            return as_tensor(values, dtype), mask
+        try:
+            values, mask = build(target.shape, layer_density, gain=layer_gain, dtype=_CORE_DTYPES[dtype],
+                                 rng=seed, groups=target.groups, center_density=centre)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"layer {target.key!r} ({target.kind}): {error}") from error
+        values, mask = np.asarray(values), np.asarray(mask, dtype=bool)
+        if values.shape != target.shape or mask.shape != target.shape:
+            raise ValueError(f"scheme {scheme!r} returned shapes {values.shape} and {mask.shape} for layer "
+                             f"{target.key!r}, expected {target.shape}")
+        return torch.from_numpy(values.astype(np.float64)).to(dtype), mask
+
+    def write(job, made) -> tuple[torch.Tensor, float | None]:
+        target, _, layer_gain, _, _ = job
+        mask = _write(target, *made)
+        return mask, _error(target, layer_gain, verify if build is None else None)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        if build is None:
+            # Validated above: generate and write layer by layer, `workers` at a time.
+            results = list(pool.map(lambda job: write(job, make(job)), jobs))
+        else:
+            # Another scheme judges its own arguments: build everything before writing anything.
+            built = list(pool.map(make, jobs))
+            results = [write(job, made) for job, made in zip(jobs, built)]
 
     rows = []
-    for layer, layer_density, layer_gain, (values, mask) in zip(layers, densities, gains, generated):
-        module, weight = layer.module, layer.module.weight
-        with torch.no_grad():
-            weight.copy_(as_tensor(values, weight.dtype))
-        mask_on_device = torch.from_numpy(mask).to(weight.device)
-        parametrize.register_parametrization(module, "weight", EOIMask(mask_on_device))
-        rows.append(
-            LayerReport(
-                name=layer.name,
-                kind=layer.kind,
-                shape=layer.shape,
-                groups=layer.groups,
-                dtype=str(weight.dtype),
-                density=layer_density,
-                mask_count=int(mask.sum()),
-                size=mask.size,
-                gain=layer_gain,
-                orthogonality_error=eoi_core.orthogonality_error(
-                    values, gain=layer_gain, groups=layer.groups
-                ),
-            )
-        )
+    done = {id(t): (job, result) for t, job, result in zip(selected, jobs, results)}
+    for target in targets:
+        if id(target) not in done:
+            rows.append(_skipped(target, reasons.get(id(target), target.skip)))
+            continue
+        (_, layer_density, layer_gain, _, _), (mask, error) = done[id(target)]
+        rows.append(LayerReport(
+            name=target.name, kind=target.kind, shape=tuple(target.tensor.shape), groups=target.groups,
+            dtype=str(target.tensor.dtype).removeprefix("torch."), density=layer_density,
+            mask_count=int(mask.sum()), size=mask.numel(), gain=layer_gain, orthogonality_error=error,
+            reason=target.note, parameter=target.parameter,
+        ))
+        # One mask object for every holder of a tied parameter: the tie stays a tie.
+        holders = target.holders if mode == "parametrize" else target.holders[:1]
+        for _, module, parameter in holders:
+            attach(module, parameter, mask, mode)
     return SparsifyReport(rows)
