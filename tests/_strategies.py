@@ -1,15 +1,13 @@
-"""Hypothesis strategies shared by the core's tests."""
+"""Hypothesis strategies shared by the core's tests (the shared assertions are in ``_helpers``)."""
 # Some framework libraries loaded in the same test process set flush-to-zero, so
 # the float strategies below never ask for subnormals (no density is subnormal anyway).
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 from hypothesis import strategies as st
 
 import eoi_core
+from _helpers import as_float64, orthogonality_bound  # noqa: F401  (older imports; the one copy is there)
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
@@ -40,10 +38,3 @@ def seeds() -> st.SearchStrategy[int]:
     return st.integers(0, 2**32 - 1)
 
 
-def orthogonality_bound(dtype: str, gain: float, shape: tuple[int, ...]) -> float:
-    """``8 eps(dtype) g^2 sqrt(max(out, in))``: the tolerance of the exactness promise."""
-    return 8 * eoi_core.dtypes.eps(dtype) * gain**2 * math.sqrt(max(shape[0], shape[1]))
-
-
-def as_float64(array: np.ndarray) -> np.ndarray:
-    return np.asarray(array).astype(np.float64)
