@@ -356,7 +356,8 @@ def sparsify(
             reason=target.note, parameter=target.parameter,
         ))
         # One mask object for every holder of a tied parameter: the tie stays a tie.
-        holders = target.holders if mode == "parametrize" else target.holders[:1]
+        # Hook mode masks the shared Parameter's gradient once: the mask lives with the primary layer.
+        holders = target.holders if mode == "parametrize" else [(target.name, target.module, target.parameter)]
         for _, module, parameter in holders:
             attach(module, parameter, mask, mode)
     return SparsifyReport(rows)
