@@ -9,6 +9,9 @@ Public API
 ----------
 sparse_orthogonal      the (weight, mask) of EOI for any shape and density
 validate               raise what sparse_orthogonal would, building nothing
+sparse_orthogonal_shard  any rectangle of that (weight, mask), built alone, bit-identical
+shard_bounds           the default split of an axis among ranks; free_axis: the cheap axis to split
+set_num_threads        threads of the Numba engine (also EOI_NUM_THREADS); get_num_threads
 givens_compose         exactly ``t`` random Givens rotations (for the density law)
 expected_density       the exact Markov-chain law of the density after ``t`` rotations
 rotations_for_density  the smallest ``t`` whose expected density reaches a target
@@ -27,24 +30,31 @@ from .api import givens_compose, orthogonality_error, sparse_orthogonal, validat
 from .checks import ENGINES
 from .layout import mask_count, min_density
 from .report import LayerReport, SparsifyReport
+from .shard import free_axis, shard_bounds, sparse_orthogonal_shard
+from .threads import get_num_threads, set_num_threads
 from .theory import expected_density, rotations_for_density
 
 __all__ = [
     "ENGINES",
     "distributions",
     "expected_density",
+    "free_axis",
+    "get_num_threads",
     "givens_compose",
     "kernels",
     "LayerReport",
     "SparsifyReport",
     "report",
     "selection",
+    "set_num_threads",
+    "shard_bounds",
     "layout",
     "mask_count",
     "min_density",
     "orthogonality_error",
     "rotations_for_density",
     "sparse_orthogonal",
+    "sparse_orthogonal_shard",
     "validate",
 ]
 
