@@ -18,6 +18,9 @@ import eoi_jax  # noqa: E402
 KEY = jax.random.key(0)
 
 
+pytestmark = pytest.mark.filterwarnings("ignore::eoi_jax.AmbiguousLayoutWarning")
+
+
 def traced(init, shape, dtype=None):
     """Trace ``init`` without running it: an error here is a trace-time error."""
     return jax.eval_shape(lambda key: init(key, shape, dtype), KEY)
@@ -35,10 +38,12 @@ def traced(init, shape, dtype=None):
         ({"density": 0.5, "gain": 0.0}, ValueError, "gain must be a finite positive"),
         ({"density": 0.5, "gain": float("inf")}, ValueError, "gain must be a finite positive"),
         ({"density": 0.5, "center_density": "cube"}, ValueError, "center_density must be None, a float"),
+        ({"density": 0.5, "layout": "conv2d"}, ValueError, "layout must be None or one of"),
+        ({"density": 0.5, "gates": 0}, ValueError, "gates must be an integer >= 1"),
         ({"density": 0.5, "center_density": 1.5}, ValueError, "center_density must lie in"),
         ({"density": 0.5, "groups": 0}, ValueError, "groups must be an integer >= 1"),
         ({"density": 0.5, "groups": 2.0}, TypeError, "groups must be an integer"),
-        ({"density": 0.5, "dtype": jnp.int32}, TypeError, "dtype must be a floating dtype"),
+        ({"density": 0.5, "dtype": jnp.int32}, TypeError, "dtype must be a floating dtype, one of"),
     ],
 )
 def test_factory_rejects_bad_arguments_immediately(kwargs, error, match):
@@ -65,7 +70,7 @@ def test_bad_shapes_and_infeasible_densities_fail_at_trace_time(shape, error, ma
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64, "float8_e4m3fn"])
 def test_non_float_dtypes_fail_at_trace_time(dtype):
-    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, one of"):
         traced(eoi_jax.eoi(0.5), (4, 4), dtype)
 
 
@@ -96,35 +101,71 @@ def test_eoi_with_mask_validates_like_eoi():
         eoi_jax.eoi_with_mask(KEY, (7,), 0.5)
     with pytest.raises(ValueError, match="density must lie in"):
         eoi_jax.eoi_with_mask(KEY, (4, 4), 2.0)
-    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, one of"):
         eoi_jax.eoi_with_mask(KEY, (4, 4), 0.5, dtype=jnp.int8)
 
 
+SEQUENTIAL = nn.Sequential([nn.Conv(8, (3, 3)), nn.relu, nn.Conv(8, (3, 3), feature_group_count=2)])
+INPUTS = (jnp.ones((1, 6, 6, 4)),)
+
+
 def _params():
-    model = nn.Sequential([nn.Conv(8, (3, 3)), nn.relu, nn.Conv(8, (3, 3), feature_group_count=2)])
-    return model.init(KEY, jnp.ones((1, 6, 6, 4)))["params"]
+    return SEQUENTIAL.init(KEY, *INPUTS)["params"]
 
 
 def test_sparsify_rejects_bad_arguments():
     params = _params()
-    with pytest.raises(ValueError, match=r"no kernels to sparsify.*'layers_0', 'layers_2'"):
-        eoi_jax.sparsify(params, 0.5, KEY, include="Dense")
-    with pytest.raises(TypeError, match="include must be None, a predicate"):
-        eoi_jax.sparsify(params, 0.5, KEY, include=3)
-    with pytest.raises(ValueError, match=r"groups names layers that are not selected kernels: \['Conv_1'\]"):
+    typed = {"model": SEQUENTIAL, "inputs": INPUTS}
+    with pytest.raises(ValueError, match=r"include names 'Dense', which matches no layer.*'layers_0', 'layers_2'"):
+        eoi_jax.sparsify(params, 0.5, KEY, include="Dense", **typed)
+    with pytest.raises(TypeError, match="include must be None, a qualified layer name"):
+        eoi_jax.sparsify(params, 0.5, KEY, include=3, **typed)
+    with pytest.raises(ValueError, match=r"groups names layers that are not kernels of the model: \['Conv_1'\]"):
         eoi_jax.sparsify(params, 0.5, KEY, groups={"Conv_1": 2})
     with pytest.raises(ValueError, match="layer 'layers_2'.*groups=3 must divide"):
         eoi_jax.sparsify(params, 0.5, KEY, groups={"layers_2": 3})
     with pytest.raises(ValueError, match="infeasible for this model"):
-        eoi_jax.sparsify(params, 0.001, KEY)
+        eoi_jax.sparsify(params, 0.001, KEY, **typed)
     with pytest.raises(ValueError, match="no density for layers"):
-        eoi_jax.sparsify(params, None, KEY, distribution={"layers_0": 0.5})
+        eoi_jax.sparsify(params, None, KEY, distribution={"layers_0": 0.5}, **typed)
+    with pytest.raises(ValueError, match="density must be None when distribution is a mapping"):
+        eoi_jax.sparsify(params, 0.5, KEY, distribution={"layers_0": 0.5, "layers_2": 0.5}, **typed)
     with pytest.raises(ValueError, match="distribution must be one of"):
-        eoi_jax.sparsify(params, 0.5, KEY, distribution="dense")
+        eoi_jax.sparsify(params, 0.5, KEY, distribution="dense", **typed)
     with pytest.raises(ValueError, match="layer 'layers_0'.*center_density"):
-        eoi_jax.sparsify(params, 0.5, KEY, center_density=0.01)
+        eoi_jax.sparsify(params, 0.5, KEY, center_density=0.01, **typed)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        eoi_jax.sparsify(params, 0.5, KEY, scheme="orthogonal", **typed)
     with pytest.raises(ValueError, match="single PRNG key"):
-        eoi_jax.sparsify(params, 0.5, jax.random.split(KEY, 2))
+        eoi_jax.sparsify(params, 0.5, jax.random.split(KEY, 2), **typed)
+    with pytest.raises(TypeError, match="needs inputs="):
+        eoi_jax.sparsify(params, 0.5, KEY, model=SEQUENTIAL)
+    with pytest.raises(ValueError, match=r"layouts names layers that are not kernels"):
+        eoi_jax.sparsify(params, 0.5, KEY, layouts={"layers_1": "conv"})
+    with pytest.raises(ValueError, match="layer 'layers_0'.*layout='dense' needs a rank-2 kernel"):
+        eoi_jax.sparsify(params, 0.5, KEY, layouts={"layers_0": "dense"})
+
+
+def test_sparsify_without_layer_types_never_guesses_a_rank_3_kernel():
+    # Sequential names its layers layers_<i>: a rank-4 kernel could be a DenseGeneral.
+    with pytest.raises(ValueError, match=r"no kernels to sparsify.*layers_0: layout unknown: pass model="):
+        eoi_jax.sparsify(_params(), 0.5, KEY)
+    with pytest.raises(ValueError, match=r"no kernels .*nnx.to_pure_dict"):
+        eoi_jax.sparsify({"w": jnp.ones((4, 4))}, 0.5, KEY)
+
+
+def test_initializer_layout_errors_name_the_option():
+    with pytest.raises(ValueError, match="layout must be None or one of"):
+        eoi_jax.eoi(0.5, layout="attention")
+    with pytest.raises(ValueError, match=r"Flax shape \(8, 12\) read as layout='gates'.*needs gates="):
+        traced(eoi_jax.eoi(0.5, layout="gates"), (8, 12))
+    # center_density is a kernel option: an einsum kernel has no taps, as in the core
+    with pytest.raises(ValueError, match="center_density=0.5 applies to convolution kernels only"):
+        traced(eoi_jax.eoi(0.5, center_density=0.5, layout="einsum"), (8, 2, 4))
+    with pytest.raises(ValueError, match="center_density=0.5 applies to convolution kernels only"):
+        traced(eoi_jax.eoi(0.5, center_density=0.5), (8, 8))
+    with pytest.warns(eoi_jax.AmbiguousLayoutWarning, match="layout='einsum'"):
+        traced(eoi_jax.eoi(0.5), (16, 4, 4))
 
 
 def test_keep_masked_rejects_masks_that_do_not_fit():

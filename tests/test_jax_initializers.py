@@ -35,7 +35,7 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(8, (3, 3), padding="CIRCULAR", use_bias=False, kernel_init=eoi_jax.eoi(0.3))(x)
+        x = nn.Conv(8, (3, 3), padding="CIRCULAR", use_bias=False, kernel_init=eoi_jax.eoi(0.3, layout="conv"))(x)
         return nn.Conv(
             16,
             (3, 3),
@@ -133,7 +133,7 @@ def test_same_key_reproduces_and_split_keys_differ():
 
 def test_vmap_over_keys_equals_one_init_per_key():
     keys = jax.random.split(jax.random.key(7), 4)
-    init = eoi_jax.eoi(0.3, center_density="sqrt")
+    init = eoi_jax.eoi(0.3, center_density="sqrt", layout="conv")
     batched = jax.jit(jax.vmap(lambda k: init(k, (3, 8, 8))))(keys)
     assert batched.shape == (4, 3, 8, 8)
     for i in range(4):
@@ -183,9 +183,10 @@ def flax_layers(draw):
 def test_any_flax_shape_jit_equals_eager_equals_core_with_exact_mask_counts(layer, seed):
     shape, groups, density = layer
     key = jax.random.key(seed)
-    make = jax.jit(lambda k: eoi_jax.eoi_with_mask(k, shape, density, groups=groups))
+    layout = "dense" if len(shape) == 2 else "conv"
+    make = jax.jit(lambda k: eoi_jax.eoi_with_mask(k, shape, density, groups=groups, layout=layout))
     weight, mask = make(key)
-    eager_weight, eager_mask = eoi_jax.eoi_with_mask(key, shape, density, groups=groups)
+    eager_weight, eager_mask = eoi_jax.eoi_with_mask(key, shape, density, groups=groups, layout=layout)
     np.testing.assert_array_equal(np.asarray(weight), np.asarray(eager_weight))
     np.testing.assert_array_equal(np.asarray(mask), np.asarray(eager_mask))
     core_weight, _ = eoi_core.sparse_orthogonal(canonical_shape(shape), density, rng=seed, groups=groups)

@@ -107,15 +107,21 @@ def test_sparsify_under_jit_equals_eager(dense_params, sparse):
 def test_sparsify_include_selects_layers_by_name(dense_params):
     key = jax.random.key(3)
     by_predicate = eoi_jax.sparsify(dense_params, 0.5, key, include=lambda name: name.startswith("Dense"))
-    by_substring = eoi_jax.sparsify(dense_params, 0.5, key, include=["Dense"])
-    for params, masks in [by_predicate, by_substring]:
+    by_glob = eoi_jax.sparsify(dense_params, 0.5, key, include="Dense_*")
+    by_exclude = eoi_jax.sparsify(dense_params, 0.5, key, exclude=["Conv_0", "Conv_1"])
+    for params, masks in [by_predicate, by_glob, by_exclude]:
         for name in ["Conv_0", "Conv_1"]:
             np.testing.assert_array_equal(np.asarray(params[name]["kernel"]), np.asarray(dense_params[name]["kernel"]))
             assert np.asarray(masks[name]["kernel"]).all()
         for name in ["Dense_0", "Dense_1", "Dense_2", "Dense_3"]:
             assert not np.asarray(masks[name]["kernel"]).all()
-    for a, b in zip(jax.tree.leaves(by_predicate), jax.tree.leaves(by_substring)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for other in (by_glob, by_exclude):
+        for a, b in zip(jax.tree.leaves(by_predicate), jax.tree.leaves(other)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    report = by_glob.report
+    assert [row.name for row in report.skipped] == ["Conv_0", "Conv_1"]
+    assert {row.reason for row in report.skipped} == {"not selected (include/exclude)"}
+    assert [row.name for row in report.sparsified] == ["Dense_0", "Dense_1", "Dense_2", "Dense_3"]
 
 
 def test_sparsify_takes_full_variables_and_a_density_mapping(dense_params):

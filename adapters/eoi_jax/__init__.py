@@ -1,4 +1,4 @@
-"""eoi_jax: Exact Orthogonal Initialization for JAX, Flax and optax.
+"""eoi_jax: Exact Orthogonal Initialization for JAX, Flax (linen and nnx) and optax.
 
 >>> import jax, jax.numpy as jnp, flax.linen as nn, optax
 >>> import eoi_jax
@@ -9,16 +9,27 @@
 
 Public API
 ----------
-eoi            ``jax.nn.initializers``-style factory: ``eoi(density)(key, shape, dtype)``
+eoi            ``jax.nn.initializers``-style factory: ``eoi(density, layout=...)(key, shape, dtype)``
 eoi_with_mask  the weight and its bool mask of trainable entries, Flax layout
-sparsify       EOI for every kernel of a Flax params pytree: ``(params, masks)``
+sparsify       EOI for every kernel of a Flax model: ``params, masks`` (and ``.report``)
+Sparsified     what sparsify returns: unpacks as ``(params, masks)``, carries the report
 keep_masked    optax transformation keeping masked-out entries exactly zero
 key_seed       the integer seed the core receives for a concrete key
+AmbiguousLayoutWarning  a rank >= 3 kernel read as a conv without ``layout=``
 """
 
-from .initializers import eoi, eoi_with_mask
+from .initializers import AmbiguousLayoutWarning, eoi, eoi_with_mask
 from .keys import key_seed
-from .sparsify import sparsify
+from .sparsify import Sparsified, sparsify
 from .transforms import KeepMaskedState, keep_masked
 
-__all__ = ["eoi", "eoi_with_mask", "sparsify", "keep_masked", "KeepMaskedState", "key_seed"]
+__all__ = [
+    "eoi",
+    "eoi_with_mask",
+    "sparsify",
+    "Sparsified",
+    "keep_masked",
+    "KeepMaskedState",
+    "key_seed",
+    "AmbiguousLayoutWarning",
+]

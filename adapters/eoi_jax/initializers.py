@@ -1,15 +1,22 @@
 r"""EOI as a ``jax.nn.initializers``-style initializer, safe under ``jax.jit``.
 
-Flax keeps weights channels-last: ``nn.Dense`` kernels are ``(in, out)`` and
-``nn.Conv`` kernels ``(*kernel, in // feature_group_count, out)``.  The core
-speaks the canonical ``(out, in // groups, *kernel)``; this module translates
-the shape, turns the key into the core's seed (:mod:`eoi_jax.keys`) and calls
-:func:`eoi_core.sparse_orthogonal` through :func:`jax.pure_callback`, so the
-weight is the core's, bit for bit, inside and outside ``jit``.
+Flax keeps weights channels-last and hands an initializer only the kernel's
+shape, which does not always say what the kernel is: ``(64, 4, 16)`` is a 1-D
+conv ``(width, in, out)`` or an attention projection ``(in, heads,
+head_dim)``.  The ``layout`` argument says which (:mod:`eoi_core.kernels`
+does the translation to the core's canonical ``(out, in // groups, *kernel)``
+and back); this module turns the key into the core's seed
+(:mod:`eoi_jax.keys`) and calls the core on the host:
 
-Everything that can be wrong (shape, density, feasibility, groups, dtype) is
-static in JAX, so it is checked while tracing, before any callback is staged:
-errors surface at ``jax.jit(model.init)`` trace time, not inside XLA.
+* with a concrete key (eager code, e.g. ``nnx.Linear(..., rngs=nnx.Rngs(0))``)
+  directly, so the result is an ordinary array that can be placed with any
+  sharding (``out_sharding``, ``nnx.with_partitioning`` under ``jax.set_mesh``);
+* with a traced key (``jax.jit(model.init)``) through :func:`jax.pure_callback`.
+
+Both run the same host function, so the weight is the core's, bit for bit,
+inside and outside ``jit``.  Everything that can be wrong (shape, layout,
+density, feasibility, groups, dtype) is static in JAX and checked while
+tracing, before any callback is staged.
 """
 
 from __future__ import annotations
@@ -24,44 +31,32 @@ import jax.numpy as jnp
 import numpy as np
 
 import eoi_core
-from eoi_core.checks import check_density, check_fraction, check_gain, check_int
-from eoi_core.budget import CENTER_POLICIES
-from eoi_core.dtypes import resolve_dtype
-from eoi_core.layout import canonical_shape, to_channels_last
+from eoi_core.checks import check_center_density, check_density, check_gain, check_int
+from eoi_core.dtypes import DTYPES, resolve_dtype
+from eoi_core.kernels import KERNEL_LAYOUTS, KernelLayout, kernel_layout
+from eoi_core.layout import MAX_RANK
 
 from .keys import key_words, seed_from_words
 
-__all__ = ["eoi", "eoi_with_mask"]
+__all__ = ["eoi", "eoi_with_mask", "AmbiguousLayoutWarning"]
 
 Initializer = Callable[..., jax.Array]
 
 
+class AmbiguousLayoutWarning(UserWarning):
+    """A kernel of rank >= 3 was read as a conv kernel without ``layout=`` saying so."""
+
+
 @dataclass(frozen=True)
 class _Request:
-    """A validated EOI request: Flax shape, canonical shape and NumPy dtype."""
+    """A validated request: the kernel's layout, the scheme's arguments and the NumPy dtype."""
 
-    shape: tuple[int, ...]
-    canonical: tuple[int, ...]
+    layout: KernelLayout
     density: float
     gain: float
     center_density: float | str | None
-    groups: int
     dtype: np.dtype
-
-
-def _check_center_density(center_density: Any) -> float | str | None:
-    # Shape-free part of the check; whether it fits a layer's budget is
-    # decided with the shape, by the core's budget planner.
-    if center_density is None:
-        return None
-    if isinstance(center_density, str):
-        if center_density in CENTER_POLICIES:
-            return center_density
-        raise ValueError(
-            f"center_density must be None, a float in (0, 1] or one of {CENTER_POLICIES}, "
-            f"got {center_density!r}"
-        )
-    return check_fraction(center_density, "center_density")
+    scheme: Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 def _resolve_dtype(dtype: Any, *, warn: bool = True) -> np.dtype:
@@ -72,10 +67,7 @@ def _resolve_dtype(dtype: Any, *, warn: bool = True) -> np.dtype:
         canonical = np.dtype(jax.dtypes.canonicalize_dtype(requested))
         resolved = resolve_dtype(canonical)
     except TypeError as error:
-        raise TypeError(
-            f"dtype must be a floating dtype (float16, bfloat16, float32, float64), "
-            f"got {dtype!r}"
-        ) from error
+        raise TypeError(f"dtype must be a floating dtype, one of {DTYPES}, got {dtype!r}") from error
     if warn and dtype is not None and np.dtype(dtype) != resolved:
         # The same warning jax.nn.initializers give for an x64 dtype without x64.
         warnings.warn(
@@ -87,69 +79,157 @@ def _resolve_dtype(dtype: Any, *, warn: bool = True) -> np.dtype:
     return resolved
 
 
-def _request(
+def _check_layout(layout: Any) -> str | None:
+    if layout is None or (isinstance(layout, str) and layout in KERNEL_LAYOUTS):
+        return layout
+    raise ValueError(f"layout must be None or one of {KERNEL_LAYOUTS}, got {layout!r}")
+
+
+def resolve_layout(
     shape: Any,
-    density: Any,
-    gain: Any,
-    center_density: Any,
-    groups: Any,
-    dtype: Any,
-) -> _Request:
-    """Validate everything before anything is staged; raise naming the argument."""
-    density = check_density(density)
-    gain = check_gain(gain)
-    center_density = _check_center_density(center_density)
-    groups = check_int(groups, "groups")
+    layout: str | None,
+    *,
+    groups: int = 1,
+    gates: int | None = None,
+    in_axes: int = 1,
+    warn: bool = True,
+) -> KernelLayout:
+    """The :class:`~eoi_core.kernels.KernelLayout` of a Flax kernel of ``shape``.
+
+    ``layout=None`` reads a rank-2 kernel as ``"dense"`` and a kernel of rank
+    >= 3 as ``"conv"``; the latter is a guess (an ``nn.DenseGeneral`` or
+    attention kernel has the same rank), so it warns unless ``groups > 1``
+    (only convolutions have groups) or ``warn`` is False.
+    """
     try:
         # NumPy integers (shapes computed with np.prod) read as plain ints.
         dims = tuple(dim.item() if isinstance(dim, np.integer) else dim for dim in shape)
     except TypeError as error:
         raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from error
-    if len(dims) < 2:
+    if not 2 <= len(dims) <= MAX_RANK:
         raise ValueError(
-            f"eoi needs a weight of rank 2 to 5: (in, out) for nn.Dense or "
-            f"(*kernel, in // feature_group_count, out) for nn.Conv; got shape {dims!r} "
-            f"(use a bias initializer such as jax.nn.initializers.zeros for 1-D parameters)"
+            f"eoi needs a weight of rank 2 to {MAX_RANK}: (in, out) for nn.Dense, "
+            f"(*kernel, in // feature_group_count, out) for nn.Conv, (*in_axes, *out_axes) for "
+            f"nn.DenseGeneral; got shape {dims!r} (use a bias initializer such as "
+            f"jax.nn.initializers.zeros for 1-D parameters)"
         )
-    canonical = canonical_shape(dims)
+    if layout is None:
+        layout = "dense" if len(dims) == 2 else "conv"
+        if layout == "conv" and groups == 1 and warn:
+            # A DenseGeneral/attention kernel read as a conv keeps one "tap" of its
+            # first axis and zeroes the rest: say so rather than build dead rows.
+            warnings.warn(
+                f"eoi read the kernel of shape {dims} as a conv kernel (*kernel, in, out) with its "
+                f"orthogonal block at the centre tap; pass layout='conv' to confirm, or "
+                f"layout='einsum' (with in_axes= and groups=heads) for nn.DenseGeneral / attention "
+                f"kernels, whose leading axes are not spatial",
+                AmbiguousLayoutWarning,
+                stacklevel=3,
+            )
     try:
-        eoi_core.validate(canonical, density, gain=gain, groups=groups, center_density=center_density)
+        return kernel_layout(dims, layout, groups=groups, gates=gates, in_axes=in_axes)
     except (TypeError, ValueError) as error:
-        raise type(error)(
-            f"Flax shape {dims} (canonical (out, in // groups, *kernel) = {canonical}): {error}"
-        ) from error
-    return _Request(dims, canonical, density, gain, center_density, groups, _resolve_dtype(dtype))
+        raise type(error)(f"Flax shape {dims} read as layout={layout!r}: {error}") from error
 
 
-def _host_eoi(words: np.ndarray, *, request: _Request) -> tuple[np.ndarray, np.ndarray]:
-    """The core's ``(weight, mask)`` for one key, moved to Flax's layout (runs on the host)."""
-    weight, mask = eoi_core.sparse_orthogonal(
-        request.canonical,
+def _is_eoi(scheme: Callable) -> bool:
+    from eoi_core import schemes
+
+    return scheme is schemes.eoi or scheme is eoi_core.sparse_orthogonal
+
+
+def _request(
+    layout: KernelLayout,
+    density: float,
+    gain: float,
+    center_density: Any,
+    dtype: Any,
+    scheme: Callable = None,
+) -> _Request:
+    """Validate what the core would reject, before anything is staged; raise naming the shapes."""
+    from eoi_core import schemes
+
+    scheme = schemes.eoi if scheme is None else scheme
+    if _is_eoi(scheme):
+        try:
+            eoi_core.validate(
+                layout.canonical, density, gain=gain, groups=layout.groups, center_density=center_density
+            )
+        except (TypeError, ValueError) as error:
+            raise type(error)(
+                f"Flax shape {layout.shape} ({layout.kind}; canonical (out, in // groups, *kernel) = "
+                f"{layout.canonical}, groups={layout.groups}): {error}"
+            ) from error
+    return _Request(layout, density, gain, center_density, _resolve_dtype(dtype), scheme)
+
+
+def host_eoi(seed: int, request: _Request) -> tuple[np.ndarray, np.ndarray]:
+    """The scheme's ``(weight, mask)`` for one seed, in the kernel's Flax layout (host side)."""
+    layout = request.layout
+    weight, mask = request.scheme(
+        layout.canonical,
         request.density,
         gain=request.gain,
         dtype=request.dtype,
-        rng=seed_from_words(words),
-        groups=request.groups,
+        rng=seed,
+        groups=layout.groups,
         center_density=request.center_density,
     )
-    return (
-        np.ascontiguousarray(to_channels_last(weight)),
-        np.ascontiguousarray(to_channels_last(mask)),
-    )
+    return layout.from_canonical(weight), layout.from_canonical(np.asarray(mask, dtype=bool))
 
 
-def _stage(key: Any, request: _Request) -> tuple[jax.Array, jax.Array]:
+def _callback(words: np.ndarray, *, request: _Request) -> tuple[np.ndarray, np.ndarray]:
+    return host_eoi(seed_from_words(words), request)
+
+
+def _sharding(out_sharding: Any) -> jax.sharding.Sharding:
+    if isinstance(out_sharding, jax.sharding.Sharding):
+        return out_sharding
+    if isinstance(out_sharding, jax.sharding.PartitionSpec):
+        mesh = jax.sharding.get_mesh()
+        if mesh is None or mesh.empty:
+            raise ValueError(
+                f"out_sharding={out_sharding!r} is a PartitionSpec but no mesh is set; "
+                f"use jax.set_mesh(mesh) or pass a NamedSharding"
+            )
+        return jax.sharding.NamedSharding(mesh, out_sharding)
+    raise TypeError(f"out_sharding must be None, a jax.sharding.Sharding or a PartitionSpec, got {out_sharding!r}")
+
+
+def _place(array: np.ndarray, out_sharding: Any) -> jax.Array:
+    """A host array as a JAX array, laid out across devices as ``out_sharding`` asks."""
+    if out_sharding is None:
+        return jnp.asarray(array)
+    sharding = _sharding(out_sharding)
+    # Each device receives only its slice of the host array.
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _constrain(array: jax.Array, out_sharding: Any) -> jax.Array:
+    if out_sharding is None:
+        return array
+    sharding = _sharding(out_sharding)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None and mesh.are_all_axes_explicit:
+        return jax.sharding.reshard(array, sharding)
+    return jax.lax.with_sharding_constraint(array, sharding)
+
+
+def stage(key: Any, request: _Request, out_sharding: Any = None) -> tuple[jax.Array, jax.Array]:
+    """``(weight, mask)`` for ``key``: computed now for a concrete key, staged for a traced one."""
     words = key_words(key)
-    result = (
-        jax.ShapeDtypeStruct(request.shape, request.dtype),
-        jax.ShapeDtypeStruct(request.shape, jnp.bool_),
-    )
+    if not isinstance(words, jax.core.Tracer):
+        weight, mask = host_eoi(seed_from_words(np.asarray(words)), request)
+        return _place(weight, out_sharding), _place(mask, out_sharding)
+    shape = request.layout.shape
+    result = (jax.ShapeDtypeStruct(shape, request.dtype), jax.ShapeDtypeStruct(shape, jnp.bool_))
     # "sequential": under jax.vmap over keys (nn.vmap, nn.scan with split
     # params rngs) the core runs once per key, so a batched init equals the
     # stack of single inits.
-    return jax.pure_callback(
-        functools.partial(_host_eoi, request=request), result, words, vmap_method="sequential"
+    weight, mask = jax.pure_callback(
+        functools.partial(_callback, request=request), result, words, vmap_method="sequential"
     )
+    return _constrain(weight, out_sharding), _constrain(mask, out_sharding)
 
 
 def eoi(
@@ -158,23 +238,36 @@ def eoi(
     center_density: float | str | None = None,
     groups: int = 1,
     dtype: Any = None,
+    *,
+    layout: str | None = None,
+    gates: int | None = None,
+    in_axes: int = 1,
 ) -> Initializer:
     r"""Exact Orthogonal Initialization as a ``jax.nn.initializers`` initializer.
 
-    Returns ``init(key, shape, dtype=None)`` for Flax's ``kernel_init``.  For
-    a Flax kernel of shape ``(in, out)`` (``nn.Dense``) or
-    ``(*kernel, in // groups, out)`` (``nn.Conv``) it returns the core's EOI
-    weight for the canonical shape ``(out, in // groups, *kernel)``, moved
-    back to Flax's layout:
+    Returns ``init(key, shape, dtype=None, out_sharding=None)`` for Flax's
+    ``kernel_init``.  The kernel's ``layout`` says where its orthogonal
+    blocks are (:mod:`eoi_core.kernels`); the weight is the core's EOI for the
+    canonical shape, moved back to Flax's layout:
 
-    * dense: ``K K^T = gain^2 I`` if ``in <= out`` (orthonormal columns of
-      the canonical ``W = K^T``, so ``|x K| = gain |x|``), else
-      ``K^T K = gain^2 I``;
-    * conv: the centre tap ``K[(k - 1) // 2, ..., :, :]`` is such a matrix
-      (block-wise per group), every other tap is zero (delta-orthogonal);
-    * at most ``floor(density * size / groups + 0.5)`` non-zeros per group
-      block (the rest of the mask budget is zero-valued trainable entries,
-      which only :func:`eoi_with_mask` and :func:`eoi_jax.sparsify` return).
+    * ``"dense"`` ``(in, out)`` (``nn.Dense``, ``nnx.Linear``): ``K K^T =
+      gain^2 I`` if ``in <= out`` (so ``|x K| = gain |x|``), else ``K^T K =
+      gain^2 I``;
+    * ``"conv"`` ``(*kernel, in // groups, out)`` (``nn.Conv``, depthwise
+      included: ``groups = feature_group_count``): the centre tap
+      ``K[(k - 1) // 2, ..., :, :]`` is such a matrix block by block, every
+      other tap is zero (delta-orthogonal);
+    * ``"einsum"`` ``(*in_axes, *out_axes)`` (``nn.DenseGeneral``,
+      attention): the kernel reshaped to ``(prod(in), prod(out))`` is dense,
+      with ``groups`` blocks along the output (``groups=heads`` for a
+      query/key/value kernel ``(in, heads, head_dim)``);
+    * ``"gates"`` ``(in, gates * units)``: ``gates`` stacked blocks, each its
+      own EOI (fused LSTM/GRU kernels);
+    * ``"depthwise"`` ``(*kernel, channels, multiplier)``: one block per channel.
+
+    At most ``floor(density * size / blocks + 0.5)`` non-zeros per block (the
+    rest of the mask budget is zero-valued trainable entries, which only
+    :func:`eoi_with_mask` and :func:`eoi_jax.sparsify` return).
 
     Parameters
     ----------
@@ -185,28 +278,40 @@ def eoi(
         Positive scale of the orthogonal weight.
     center_density : None, float or "sqrt", optional
         Density of the centre tap of conv kernels (see
-        :func:`eoi_core.sparse_orthogonal`).
+        :func:`eoi_core.sparse_orthogonal`); a float for a kernel without taps
+        (dense, einsum, gates) is an error, as in the core.
     groups : int, optional
-        The layer's ``feature_group_count``.  Flax hands the initializer the
-        kernel shape only, which does not say how many groups the conv has,
-        so a grouped conv must pass it here to be orthogonal block by block:
-        ``nn.Conv(16, (3, 3), feature_group_count=2, kernel_init=eoi(0.2, groups=2))``.
+        The conv's ``feature_group_count``, or the heads of an ``"einsum"``
+        kernel.  Flax hands the initializer the shape only, so a grouped conv
+        passes it here: ``nn.Conv(16, (3, 3), feature_group_count=2,
+        kernel_init=eoi(0.2, groups=2))``.
     dtype : dtype-like, optional
         Default dtype when the caller passes none (JAX's default float).
+    layout : {None, "dense", "conv", "depthwise", "gates", "einsum"}, optional
+        How to read the shape.  ``None``: ``"dense"`` for rank 2, ``"conv"``
+        for rank >= 3 with an :class:`AmbiguousLayoutWarning` (unless
+        ``groups > 1``), since a DenseGeneral kernel of the same rank read as
+        a conv would keep one slice of its first axis and zero the rest.
+    gates : int, optional
+        Stacked blocks for ``layout="gates"`` (LSTM 4, GRU 3).
+    in_axes : int, optional
+        Leading input axes for ``layout="einsum"`` (``nn.DenseGeneral(axis=(-2,
+        -1))`` has 2).
 
     Returns
     -------
-    init : callable ``(key, shape, dtype=None) -> jax.Array``
+    init : callable ``(key, shape, dtype=None, out_sharding=None) -> jax.Array``
         Deterministic in ``key`` (see :func:`eoi_jax.key_seed`); works
         inside ``jax.jit`` and ``jax.vmap`` with the same values as outside.
+        ``out_sharding`` (a ``Sharding``, or a ``PartitionSpec`` under
+        ``jax.set_mesh``) lays the result out across devices.
 
     Raises
     ------
     TypeError, ValueError
-        For an invalid ``density``, ``gain``, ``center_density`` or
-        ``groups`` here; for a shape of rank < 2 or > 5, a density below the
-        shape's orthogonal floor, ``groups`` not dividing ``out``, a
-        non-float dtype or a batched key when ``init`` is traced.
+        For an invalid argument here; for a shape the layout cannot read, a
+        density below the floor of a block, ``groups`` not dividing the
+        output, a non-float dtype or a batched key when ``init`` is traced.
 
     Examples
     --------
@@ -215,20 +320,25 @@ def eoi(
     >>> params = jax.jit(layer.init)(jax.random.key(0), jax.numpy.ones((1, 32)))
     >>> params["params"]["kernel"].shape
     (32, 64)
+    >>> query = nn.DenseGeneral((4, 16), kernel_init=eoi(0.25, groups=4, layout="einsum"))
+    >>> query.init(jax.random.key(0), jax.numpy.ones((1, 64)))["params"]["kernel"].shape
+    (64, 4, 16)
     """
     density = check_density(density)
     gain = check_gain(gain)
-    center_density = _check_center_density(center_density)
+    center_density = check_center_density(center_density)
     groups = check_int(groups, "groups")
+    layout = _check_layout(layout)
+    gates = None if gates is None else check_int(gates, "gates")
+    in_axes = check_int(in_axes, "in_axes")
     default_dtype = dtype
     if default_dtype is not None:
         _resolve_dtype(default_dtype, warn=False)  # fail early; warn when used
 
     def init(key: Any, shape: Sequence[int], dtype: Any = default_dtype, out_sharding: Any = None) -> jax.Array:
-        if out_sharding is not None:
-            raise NotImplementedError("eoi does not support out_sharding; shard the result instead")
-        request = _request(shape, density, gain, center_density, groups, dtype)
-        weight, _ = _stage(key, request)
+        kernel = resolve_layout(shape, layout, groups=groups, gates=gates, in_axes=in_axes)
+        request = _request(kernel, density, gain, center_density, dtype)
+        weight, _ = stage(key, request, out_sharding)
         return weight
 
     return init
@@ -243,23 +353,29 @@ def eoi_with_mask(
     center_density: float | str | None = None,
     groups: int = 1,
     dtype: Any = None,
+    layout: str | None = None,
+    gates: int | None = None,
+    in_axes: int = 1,
+    out_sharding: Any = None,
 ) -> tuple[jax.Array, jax.Array]:
     r"""EOI weight and its trainable mask, both in Flax's layout.
 
-    Same weight as ``eoi(density, gain, center_density, groups)(key, shape,
-    dtype)``, plus the bool ``mask`` of trainable entries: exactly
-    ``floor(density * size / groups + 0.5)`` True entries per group block
-    (blocks split ``out``, the last axis), with the weight's non-zeros a
-    subset of it.  Traceable; the same inside and outside ``jit``.
+    Same weight as ``eoi(density, gain, center_density, groups, layout=...)(key,
+    shape, dtype)``, plus the bool ``mask`` of trainable entries: exactly
+    ``floor(density * size / blocks + 0.5)`` True entries per orthogonal
+    block, with the weight's non-zeros a subset of it.  Traceable; the same
+    inside and outside ``jit``.
 
     Parameters
     ----------
     key : PRNG key
         A single key (typed or raw ``uint32[2]``).
     shape : sequence of int
-        Flax kernel shape ``(in, out)`` or ``(*kernel, in // groups, out)``.
-    density, gain, center_density, groups, dtype
+        Flax kernel shape, read as ``layout``.
+    density, gain, center_density, groups, dtype, layout, gates, in_axes
         As in :func:`eoi`.
+    out_sharding : Sharding or PartitionSpec, optional
+        Lay both arrays out across devices.
 
     Returns
     -------
@@ -269,9 +385,15 @@ def eoi_with_mask(
     Examples
     --------
     >>> import jax
-    >>> weight, mask = eoi_with_mask(jax.random.key(0), (3, 3, 16, 32), 0.1)
+    >>> weight, mask = eoi_with_mask(jax.random.key(0), (3, 3, 16, 32), 0.1, layout="conv")
     >>> int(mask.sum()) == round(0.1 * 3 * 3 * 16 * 32)
     True
     """
-    request = _request(shape, density, gain, center_density, groups, dtype)
-    return _stage(key, request)
+    density = check_density(density)
+    gain = check_gain(gain)
+    center_density = check_center_density(center_density)
+    groups = check_int(groups, "groups")
+    kernel = resolve_layout(
+        shape, _check_layout(layout), groups=groups, gates=gates, in_axes=check_int(in_axes, "in_axes")
+    )
+    return stage(key, _request(kernel, density, gain, center_density, dtype), out_sharding)

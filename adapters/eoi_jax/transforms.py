@@ -8,6 +8,7 @@ before (momentum, Adam statistics, decoupled weight decay, clipping).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -44,6 +45,41 @@ def _check_masks(masks: Any, tree: Any, what: str) -> None:
             )
 
 
+def _pure(tree: Any) -> Any:
+    # nnx.Optimizer hands tx.init the Param state with Variable leaves, and
+    # tx.update plain arrays: compare the arrays either way.
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return tree
+    return jax.tree.map(
+        lambda node: node.get_value() if isinstance(node, nnx.Variable) else node,
+        tree,
+        is_leaf=lambda node: isinstance(node, nnx.Variable),
+    )
+
+
+def _is_masked_node(node: Any) -> bool:
+    return isinstance(node, optax.MaskedNode)
+
+
+def _restrict(masks: Any, tree: Any) -> Any:
+    """``masks`` with ``MaskedNode`` wherever ``tree`` has one.
+
+    ``optax.masked`` and ``optax.multi_transform`` hand an inner
+    transformation the parameters with the leaves it does not own replaced by
+    ``MaskedNode`` (an empty node); the masks follow suit, so ``keep_masked``
+    composes with both.
+    """
+    if not any(map(_is_masked_node, jax.tree.leaves(tree, is_leaf=_is_masked_node))):
+        return masks
+    try:
+        return jax.tree.map(
+            lambda node, mask: node if _is_masked_node(node) else mask, tree, masks, is_leaf=_is_masked_node
+        )
+    except ValueError:
+        return masks  # structures differ beyond MaskedNode: _check_masks says how
+
+
 def keep_masked(masks: Any) -> optax.GradientTransformation:
     r"""An optax transformation that zeroes updates outside ``masks``.
 
@@ -60,6 +96,10 @@ def keep_masked(masks: Any) -> optax.GradientTransformation:
     masks : pytree of bool arrays
         Same structure and leaf shapes as the parameters (what
         :func:`eoi_jax.sparsify` returns); True marks trainable entries.
+        Inside ``optax.masked`` or ``optax.multi_transform`` pass the masks of
+        all the parameters: the leaves the wrapper hides (``MaskedNode``) are
+        dropped from them too.  ``nnx.Variable`` leaves (``nnx.Optimizer``)
+        are compared by their values.
 
     Returns
     -------
@@ -94,8 +134,10 @@ def keep_masked(masks: Any) -> optax.GradientTransformation:
     masks = jax.tree.map(jnp.asarray, masks)
 
     def init_fn(params: Any) -> KeepMaskedState:
-        _check_masks(masks, params, "params")
-        return KeepMaskedState(masks=masks)
+        params = _pure(params)
+        own = _restrict(masks, params)
+        _check_masks(own, params, "params")
+        return KeepMaskedState(masks=own)
 
     def update_fn(updates: Any, state: KeepMaskedState, params: Any = None) -> tuple[Any, KeepMaskedState]:
         del params
