@@ -1,7 +1,7 @@
 """The Numba engine: the reference's results, at close to the cost of writing them.
 
 Same rotation stream, same stopping rule, same fill as :mod:`eoi_core.reference`;
-the work is reorganised (DESIGN.md section 4).  For the wide ``n x m`` Givens
+the work is reorganised.  For the wide ``n x m`` Givens
 matrix ``G`` (``n <= m``):
 
 1. **Pattern pass** on bitsets.  The support of every column is a bitset of
@@ -10,21 +10,20 @@ matrix ``G`` (``n <= m``):
    Givens phase stops and every column's final support, at O(n / 64) per
    rotation.  Its bitsets (``n * m / 8`` bytes) are kept: they size the value
    pass and locate the fill of any shard.
-2. **Value pass, by bands of rows.**  A rotation mixes two *columns*, so every
-   row of ``G`` evolves on its own: the rows ``[lo, hi)`` can be replayed alone,
-   touching only their own entries, and give exactly the values the whole
-   would (each entry sees the same float64 operations in the same order).  A
-   band stores its entries in compressed-column slots sized by its share of
-   the final supports (popcounts of the bitsets), each column's *current*
-   support a prefix of its slot, so a rotation costs O(1) plus the band's
-   entries in the two columns, found with a stamped row-position scratch of
-   ``hi - lo`` entries.  Bands are sized to stay in cache, and run on threads
+2. **Value pass, 64 rows at a time.**  A rotation mixes two *columns*, so
+   every row of ``G`` evolves on its own: the rows of one bitset word can be
+   replayed alone, touching only their own entries, and get exactly the values
+   the whole would (each entry sees the same float64 operations in the same
+   order).  Within a word a column's current support is one ``uint64``; its
+   entries sit in a slot sized by its final support, in row order, at the
+   popcount of the final support below their bit.  A rotation costs O(1)
+   plus the word's entries in its two columns; words run on threads
    (:mod:`eoi_core.threads`; the kernels release the GIL).
-3. **Scatter** of a band's values, cast once to the output dtype and copied
-   as raw bits, and of the mask, straight into the band's part of the output:
-   rows ``[lo, hi)`` of the weight when it is ``G`` (``out < in``), columns
-   ``[lo, hi)`` when it is ``G^T`` (``out >= in``).  Bands never overlap, so
-   the result does not depend on the number of threads or the band sizes.
+3. **Scatter** of a word's values, cast once to the output dtype and copied
+   as raw bits, and of the mask, straight into its part of the output: 64
+   rows of the weight when it is ``G`` (``out < in``), 64 columns when it is
+   ``G^T`` (``out >= in``).  Words never overlap, so the result does not
+   depend on the number of threads.
 
 The fill skips 8 mask bytes at a time (a popcount of their 0/1 bytes) to the
 zero positions whose rank was drawn.  For a shard (:mod:`eoi_core.shard`) the

@@ -1,6 +1,6 @@
 """The reference engine: the executable specification, in plain NumPy.
 
-It follows the paper step by step (DESIGN.md section 1) and favours clarity
+It follows the paper step by step and favours clarity
 over speed; the Numba engine must reproduce it exactly.
 
 Givens phase, for an ``n x m`` block with ``n <= m``, ``n = min(out, in)``,
