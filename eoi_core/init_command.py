@@ -75,8 +75,14 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"OUT {str(args.out)!r} is a directory; give a file name such as weight.npz")
     options = dict(gain=args.gain, dtype=args.dtype, groups=args.groups, center_density=args.center_density)
     validate(shape, args.density, **options)  # a bad request fails before anything is compiled or written
-    # Compile (or load) the engine first so that the time below is the generation's alone.
-    sparse_orthogonal((2, 2) + (1,) * (len(shape) - 2), 1.0, rng=0, dtype=args.dtype, engine=args.engine)
+    # Compile (or load) the engine first so that the time below is the generation's alone.  Numba
+    # compiles per array layout, so the warm-up covers the square case and the weight's own
+    # orientation (tall or wide) with the same kind of taps (the centre of a 1 x 1 kernel is
+    # contiguous, of larger ones strided), sparse so that every kernel runs.
+    out, inp = shape[0] // args.groups, shape[1]
+    taps = tuple(1 if k == 1 else 2 for k in shape[2:])
+    for warm in {(4, 4), (4 if out >= inp else 2, 4 if inp >= out else 2)}:
+        sparse_orthogonal(warm + taps, 0.5, rng=0, dtype=args.dtype, engine=args.engine)
     start = time.perf_counter()
     weight, mask = sparse_orthogonal(shape, args.density, rng=args.seed, engine=args.engine, **options)
     seconds = time.perf_counter() - start
