@@ -16,37 +16,9 @@ from torch import nn
 
 import eoi_core
 import eoi_torch
+from _helpers import assert_orthogonal, off_centre_taps
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7, torch.float32: 2.0**-23, torch.float64: 2.0**-52}
-
-
-def tolerance(dtype: torch.dtype, gain: float = 1.0) -> float:
-    # Rounding each entry of unit-norm rows by u = eps/2 moves an entry of the Gram
-    # matrix by at most about 2u; float64 also carries the rotations' own rounding.
-    return max(2 * EPS[dtype], 1e-12) * gain**2
-
-
-def centre_maps(weight: torch.Tensor, groups: int, transposed: bool = False) -> list[torch.Tensor]:
-    """Per group, the matrix M of the layer's map y = M x at the kernel centre (float64)."""
-    weight = weight.detach().double().cpu()
-    centre = tuple((k - 1) // 2 for k in weight.shape[2:])
-    rows = weight.shape[0] // groups
-    blocks = [weight[g * rows : (g + 1) * rows][(slice(None), slice(None)) + centre] for g in range(groups)]
-    # ConvTranspose computes y = H^T x with H the (in/g, out/g) block.
-    return [block.T if transposed else block for block in blocks]
-
-
-def gram_gap(matrix: torch.Tensor, gain: float = 1.0) -> float:
-    """max |M^T M - g^2 I| if M is tall or square, else max |M M^T - g^2 I|."""
-    gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
-    return float((gram - gain**2 * torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max())
-
-
-def off_centre_taps(weight: torch.Tensor) -> torch.Tensor:
-    keep = torch.ones(weight.shape, dtype=torch.bool)
-    keep[(slice(None), slice(None)) + tuple((k - 1) // 2 for k in weight.shape[2:])] = False
-    return weight.detach().cpu()[keep]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -61,7 +33,7 @@ def test_linear_weight_is_sparse_orthogonal_in_place(dtype, features):
     assert mask.dtype == torch.bool and mask.shape == weight.shape and mask.device == weight.device
     assert int(mask.sum()) == eoi_core.mask_count(0.2, weight.numel())
     assert not weight.detach()[~mask].any()
-    assert gram_gap(weight.detach().double(), 1.5) <= tolerance(dtype, 1.5)
+    assert_orthogonal(weight.detach().double(), gain=1.5, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -83,9 +55,8 @@ def test_conv_weight_is_delta_orthogonal_per_group(dtype, layer):
     for group in mask.chunk(conv.groups, dim=0):
         assert int(group.sum()) == eoi_core.mask_count(0.1, block)
     assert not conv.weight.detach()[~mask].any()
-    assert not off_centre_taps(conv.weight).any()
-    for matrix in centre_maps(conv.weight, conv.groups):
-        assert gram_gap(matrix) <= tolerance(dtype)
+    assert not off_centre_taps(conv.weight.detach().double()).any()
+    assert_orthogonal(conv.weight.detach().double(), groups=conv.groups, dtype=dtype)
 
 
 @pytest.mark.parametrize("channels, groups", [((4, 8), 1), ((6, 12), 3), ((12, 6), 2)])
@@ -94,8 +65,7 @@ def test_conv_transpose_weight_passed_as_is(channels, groups):
     layer = nn.ConvTranspose2d(*channels, 3, padding=1, groups=groups, bias=False, dtype=torch.float64)
     mask = eoi_torch.eoi_(layer.weight, 0.3, groups=groups)
     assert int(mask.sum()) == groups * eoi_core.mask_count(0.3, layer.weight.numel() // groups)
-    for matrix in centre_maps(layer.weight, groups, transposed=True):
-        assert gram_gap(matrix) <= 1e-12
+    assert_orthogonal(layer.weight.detach(), groups=groups, transposed=True)
 
     # Stride 1, 'same' padding, only the centre tap: the layer is H^T at every position, so it
     # preserves norms when in <= out; when in > out its adjoint (conv2d with the same weight, H) does.
@@ -133,7 +103,7 @@ def test_works_under_no_grad_on_a_plain_and_a_non_contiguous_tensor():
         for tensor in (plain, strided):
             mask = eoi_torch.eoi_(tensor, 0.25)
             assert int(mask.sum()) == eoi_core.mask_count(0.25, 128)
-            assert gram_gap(tensor.double()) <= tolerance(torch.float32)
+            assert_orthogonal(tensor.double(), dtype=torch.float32)
     assert not strided.is_contiguous()
 
 
@@ -198,7 +168,7 @@ def test_any_feasible_dense_case(case):
     mask = eoi_torch.eoi_(tensor, density, generator=torch.Generator().manual_seed(seed))
     assert int(mask.sum()) == eoi_core.mask_count(density, rows * cols)
     assert not tensor[~mask].any()
-    assert gram_gap(tensor.double()) <= tolerance(dtype)
+    assert_orthogonal(tensor.double(), dtype=dtype)
 
 
 def test_importing_eoi_torch_imports_only_torch_and_the_core():
