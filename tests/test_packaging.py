@@ -237,3 +237,10 @@ def test_set_up_installs_under_the_constraints():
     assert "$constraints" in setup.split("sha256sum")[0]  # the stamp changes with the pins too
     test = (ROOT / "scripts" / "test.sh").read_text()
     assert test.count("-m pytest") == 1 and "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_python_m_runs_the_same_command():
+    for package in ("eoi_core", "eoi_bench"):
+        child = subprocess.run([sys.executable, "-m", package, "--version"], capture_output=True, text=True,
+                               timeout=120)
+        assert child.returncode == 0 and child.stdout.strip() == f"eoi {eoi_core.__version__}", child.stderr
