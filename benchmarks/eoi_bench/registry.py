@@ -20,4 +20,5 @@ BENCHMARKS = {
     "spectrum": "Jacobian singular values of a 7-layer MLP at initialisation (Fig. 2)",
     "deep": "A 1000-layer tanh MLP on digits: EOI against random sparse baselines (Table 1)",
     "angles": "Fixed (1 and 80 degrees) against uniform rotation angles (App. G)",
+    "shard": "Sharded init: per-rank peak memory and CPU time for world sizes 1, 2, 4, 8",
 }
