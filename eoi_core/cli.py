@@ -140,7 +140,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     for name, help_text in _benchmarks().items():
         sub = benchmarks.add_parser(name, help=help_text)
         if command == "bench" and benchmark == name:
-            _fill(sub, _load(f"eoi bench {name}", f"eoi_bench.{name}", COMMAND_EXTRAS["bench"]))
+            _fill(sub, _load(f"eoi bench {name}", f"eoi_bench.{name.replace('-', '_')}",
+                             COMMAND_EXTRAS["bench"]))
     return parser
 
 

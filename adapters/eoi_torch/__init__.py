@@ -18,8 +18,10 @@ make_permanent    bake the masks into the weights and drop the parametrizations
 prepare_for_load  give a fresh model the parametrizations a saved state_dict needs
 EOIMask           the parametrization ``weight = original * mask``
 SparsifyReport    what ``sparsify`` returns: per-layer rows, printable as a table
+pai               SNIP / GraSP / SynFlow densities (``distribution=``) and their own masks (Base)
 """
 
+from . import pai
 from .init import SUPPORTED_DTYPES, eoi_
 from .mask import EOIMask, make_permanent, masks, prepare_for_load
 from .report import LayerReport, SparsifyReport
@@ -35,6 +37,7 @@ __all__ = [
     "eoi_",
     "make_permanent",
     "masks",
+    "pai",
     "prepare_for_load",
     "sparsify",
 ]

@@ -1,7 +1,7 @@
 """The benchmarks ``eoi bench NAME`` runs: name -> one-line help.
 
-Each name is a module of :mod:`eoi_bench` exposing ``add_arguments(parser)``
-and ``run(args)``.  This module imports nothing heavy, so ``eoi --help`` and
+Each name is a module of :mod:`eoi_bench` (a ``-`` in a name is ``_`` in the
+module's) exposing ``add_arguments(parser)`` and ``run(args)``.  This module imports nothing heavy, so ``eoi --help`` and
 ``eoi bench --help`` list the benchmarks even where their extras are missing.
 
 >>> from eoi_bench.registry import BENCHMARKS
@@ -21,4 +21,6 @@ BENCHMARKS = {
     "deep": "A 1000-layer tanh MLP on digits: EOI against random sparse baselines (Table 1)",
     "angles": "Fixed (1 and 80 degrees) against uniform rotation angles (App. G)",
     "shard": "Sharded init: per-rank peak memory and CPU time for world sizes 1, 2, 4, 8",
+    "sparse-training": "Conv nets on MNIST-1D and digits: {uniform, ERK, SNIP, GraSP, SynFlow} x "
+                       "{Base, AI, EOI} + SAO, static masks (Table 1)",
 }
