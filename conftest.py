@@ -12,7 +12,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+import pytest
+from _pytest.doctest import DoctestModule
+
 ROOT = Path(__file__).resolve().parent
+TESTS = ROOT / "tests"
 
 #: package folder -> the modules its imports need beyond the base install.
 NEEDS = {
@@ -40,3 +44,13 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
             if not all(_installed(module) for module in modules):
                 return True
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path: Path, parent):
+    # ``--doctest-modules`` is for the packages' examples; the test modules hold none, and
+    # collecting them twice would only import each one twice (and report a broken one twice).
+    collected = yield
+    if TESTS in file_path.parents:
+        return [node for node in collected if not isinstance(node, DoctestModule)]
+    return collected

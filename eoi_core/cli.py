@@ -6,9 +6,12 @@ when asked for; where their optional dependencies are missing the command
 prints one line naming the extra to install (``pip install "eoi[bench]"``) and
 exits with status 1.
 
-Every subcommand has working defaults and a ``--quick`` variant.  Bad
-arguments end with a ``usage`` line, a message saying what was wrong and exit
-status 2; never with a traceback (set ``EOI_DEBUG=1`` to see one).
+The demo and every benchmark have working defaults and a ``--quick`` variant.
+Bad arguments end with a ``usage`` line, a message saying what was wrong and
+exit status 2; never with a traceback (set ``EOI_DEBUG=1`` to see one).
+
+>>> print(MissingExtra("eoi demo", "torch", "bench"))
+eoi demo needs the optional dependency 'torch', which is not installed; install it with: pip install "eoi[bench]"
 """
 
 from __future__ import annotations
