@@ -9,15 +9,21 @@ adapter; the core itself speaks only the canonical layout of
 :func:`eoi_core.sparse_orthogonal` (``(out, in // groups, *kernel)``, with
 ``groups`` independent blocks along ``out``).
 
-========== ========================================= ============================== =========
-layout     channels-last shape                       canonical shape                blocks
-========== ========================================= ============================== =========
-dense      ``(in, out)``                             ``(out, in)``                  groups
-conv       ``(*kernel, in // groups, out)``          ``(out, in // groups, *k)``    groups
-depthwise  ``(*kernel, channels, multiplier)``       ``(channels * mult, 1, *k)``   channels
-gates      ``(in, gates * units)``                   ``(gates * units, in)``        gates
-einsum     ``(*in_axes, *out_axes)``                 ``(prod(out), prod(in))``      groups
-========== ========================================= ============================== =========
+============== ========================================= ============================== =========
+layout         channels-last shape                       canonical shape                blocks
+============== ========================================= ============================== =========
+dense          ``(in, out)``                             ``(out, in)``                  groups
+conv           ``(*kernel, in // groups, out)``          ``(out, in // groups, *k)``    groups
+conv_transpose ``(*kernel, out, in)``                    ``(in, out, *k)``              1
+depthwise      ``(*kernel, channels, multiplier)``       ``(channels * mult, 1, *k)``   channels
+gates          ``(in, gates * units)``                   ``(gates * units, in)``        gates
+einsum         ``(*in_axes, *out_axes)``                 ``(prod(out), prod(in))``      groups
+============== ========================================= ============================== =========
+
+``conv_transpose`` is Keras' transposed convolution kernel; its canonical
+shape is PyTorch's ``ConvTranspose`` weight ``(in, out, *kernel)``, whose
+centre block ``H`` (``in x out``) makes the layer compute ``y = H^T x`` at
+each position.
 
 ``gates`` is a dense kernel whose output is ``gates`` stacked blocks that
 each see the whole input (LSTM: 4, GRU: 3, fused Q/K/V: 3): each block is its
@@ -39,7 +45,7 @@ from .layout import MAX_RANK, from_channels_last, parse_layout, to_channels_last
 
 __all__ = ["KERNEL_LAYOUTS", "KernelLayout", "kernel_layout"]
 
-KERNEL_LAYOUTS = ("dense", "conv", "depthwise", "gates", "einsum")
+KERNEL_LAYOUTS = ("dense", "conv", "conv_transpose", "depthwise", "gates", "einsum")
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def kernel_layout(
     ----------
     shape : sequence of int
         The channels-last shape (see the module table).
-    layout : {"dense", "conv", "depthwise", "gates", "einsum"}
+    layout : {"dense", "conv", "conv_transpose", "depthwise", "gates", "einsum"}
         How to read it.
     groups : int, optional
         Blocks along the output: conv groups (``feature_group_count``), or
@@ -130,6 +136,8 @@ def kernel_layout(
     (64, 64)
     >>> kernel_layout((3, 3, 16, 2), "depthwise").canonical, kernel_layout((3, 3, 16, 2), "depthwise").groups
     ((32, 1, 3, 3), 16)
+    >>> kernel_layout((3, 3, 8, 4), "conv_transpose").canonical  # Conv2DTranspose(8) on 4 channels
+    (4, 8, 3, 3)
     >>> kernel_layout((32, 4 * 8), "gates", gates=4).groups  # LSTM kernel, 8 units
     4
     """
@@ -140,7 +148,7 @@ def kernel_layout(
     rank = len(dims)
     if layout in ("dense", "gates") and rank != 2:
         raise ValueError(f"layout={layout!r} needs a rank-2 kernel (in, out), got shape {dims}")
-    if layout in ("conv", "depthwise") and not 3 <= rank <= MAX_RANK:
+    if layout in ("conv", "conv_transpose", "depthwise") and not 3 <= rank <= MAX_RANK:
         raise ValueError(
             f"layout={layout!r} needs a kernel (*kernel, in, out) of rank 3 to {MAX_RANK}, got shape {dims}"
         )
@@ -153,7 +161,9 @@ def kernel_layout(
         if dims[1] % gates:
             raise ValueError(f"gates={gates} must divide the kernel's output size {dims[1]} (shape {dims})")
         canonical, groups = (dims[1], dims[0]), gates
-    elif layout == "conv":
+    elif layout in ("conv", "conv_transpose"):
+        # (*k, in, out) -> (out, in, *k); for conv_transpose the same move
+        # turns (*k, out, in) into the ConvTranspose weight (in, out, *k).
         canonical = (dims[-1], dims[-2]) + dims[:-2]
     elif layout == "depthwise":
         channels, multiplier = dims[-2], dims[-1]

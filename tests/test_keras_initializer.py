@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import eoi_core
 import eoi_keras
+from eoi_core.kernels import kernel_layout
 from eoi_core.layout import from_channels_last, to_channels_last
 
 ATOL32 = 2e-6
@@ -59,7 +60,7 @@ def keras_shapes(draw):
 def test_eoi_is_the_core_in_keras_layout(case, seed):
     shape, groups, density = case
     canonical = (shape[-1], shape[-2]) + shape[:-2]
-    init = eoi_keras.EOI(density, seed=seed, groups=groups)
+    init = eoi_keras.EOI(density, seed=seed, groups=groups, layout="dense" if len(shape) == 2 else "conv")
     weight, mask = init.weight_and_mask(shape)
     expected_weight, expected_mask = eoi_core.sparse_orthogonal(canonical, density, rng=seed, groups=groups)
     assert weight.shape == mask.shape == shape
@@ -109,7 +110,7 @@ def test_grouped_convolutions_are_block_orthogonal_and_preserve_norms(layer_type
     # in/g <= out/g: each block is an isometry, so every pixel keeps its norm.
     np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5, atol=1e-6)
     # Exactly mask_count non-zeros or fewer per group (the rest of the mask is zero-valued fill).
-    _, mask = eoi_keras.EOI(density, seed=3, groups=groups).weight_and_mask(kernel.shape)
+    _, mask = eoi_keras.EOI(density, seed=3, groups=groups, layout="conv").weight_and_mask(kernel.shape)
     per_block = from_channels_last(mask).reshape(groups, -1).sum(axis=1)
     assert np.all(per_block == eoi_core.mask_count(density, kernel.size // groups))
     assert not kernel[~mask].any()
@@ -136,7 +137,8 @@ def test_center_density_variants():
     for center_density, centre_count in [(None, eoi_core.mask_count(0.1, 256)),
                                          ("sqrt", eoi_core.mask_count(math.sqrt(0.1), 256)),
                                          (0.5, 128)]:
-        weight, mask = eoi_keras.EOI(0.1, center_density=center_density, seed=4).weight_and_mask(shape)
+        init = eoi_keras.EOI(0.1, center_density=center_density, seed=4, layout="conv")
+        weight, mask = init.weight_and_mask(shape)
         assert mask.sum() == eoi_core.mask_count(0.1, mask.size)
         assert mask[1, 1].sum() >= centre_count  # the Givens support, plus any fill landing there
         assert np.count_nonzero(weight[1, 1]) <= centre_count
@@ -175,9 +177,10 @@ def test_seed_semantics_follow_keras():
 def test_config_round_trip(seed):
     if seed == "generator":
         seed = keras.random.SeedGenerator(13)
-    init = eoi_keras.EOI(0.25, gain=1.5, center_density="sqrt", seed=seed, groups=2)
+    init = eoi_keras.EOI(0.25, gain=1.5, center_density="sqrt", seed=seed, groups=2, layout="conv")
     config = init.get_config()
     assert config["density"] == 0.25 and config["gain"] == 1.5 and config["groups"] == 2
+    assert config["layout"] == "conv"
     assert config["center_density"] == "sqrt"
     serialized = keras.initializers.serialize(init)
     assert keras.saving.get_registered_name(eoi_keras.EOI) == "eoi>EOI"
@@ -262,7 +265,142 @@ def test_bad_arguments_raise_at_construction(kwargs, error, pattern):
         eoi_keras.EOI(**kwargs)
 
 
-@pytest.mark.parametrize("shape", [(), (5,), (2, 2, 2, 2, 2, 2)])
-def test_bad_ranks_raise(shape):
-    with pytest.raises(ValueError, match="rank 2 to 5"):
+@pytest.mark.parametrize("shape", [(), (5,)])
+def test_bias_ranks_raise(shape):
+    with pytest.raises(ValueError, match="rank >= 2"):
         eoi_keras.EOI(0.5)(shape)
+
+
+def test_rank_beyond_convolutions_raises():
+    with pytest.raises(ValueError, match="rank 3 to 5"):
+        eoi_keras.EOI(0.5, layout="conv")((2, 2, 2, 2, 2, 2))
+
+
+def test_center_density_float_on_a_dense_kernel_raises_like_the_core():
+    with pytest.raises(ValueError, match="center_density") as keras_error:
+        eoi_keras.EOI(0.5, center_density=0.5)((8, 8))
+    with pytest.raises(ValueError, match="center_density") as core_error:
+        eoi_core.sparse_orthogonal((8, 8), 0.5, center_density=0.5)
+    assert str(core_error.value) in str(keras_error.value)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def canonical(kernel: np.ndarray, layout: str, **options) -> tuple[np.ndarray, int]:
+    kl = kernel_layout(kernel.shape, layout, **options)
+    return kl.to_canonical(kernel.astype(np.float64)), kl.groups
+
+
+def test_an_unknown_rank3_kernel_is_an_error_naming_the_layout_option():
+    with pytest.raises(ValueError, match=r"pass layout=.*'depthwise'"):
+        eoi_keras.EOI(0.3)((64, 4, 16))
+    layer = keras.layers.Layer()
+    with pytest.raises(ValueError, match=r"Layer .*pass layout="):
+        with keras.name_scope("custom", caller=layer):
+            layer.add_weight(shape=(3, 3, 4, 8), initializer=eoi_keras.EOI(0.3))
+
+
+def test_attention_kernels_are_orthogonal_per_head_without_dead_rows():
+    # The issue's case: 4 heads of 16 on 64 features.
+    attention = keras.layers.MultiHeadAttention(4, 16, kernel_initializer=eoi_keras.EOI(0.3, seed=1))
+    x = np.zeros((2, 5, 64), "float32")
+    attention(x, x)
+    for projection in (attention._query_dense, attention._key_dense, attention._value_dense):
+        kernel = numpy(projection.kernel)
+        assert kernel.shape == (64, 4, 16)
+        assert np.all(np.abs(kernel).reshape(64, -1).sum(axis=1) > 0), "an input row is all zero"
+        matrix, heads = canonical(kernel, "einsum", groups=4)
+        assert heads == 4 and eoi_core.orthogonality_error(matrix, groups=4) <= ATOL32
+    output = numpy(attention._output_dense.kernel)
+    assert output.shape == (4, 16, 64)
+    matrix, _ = canonical(output, "einsum", in_axes=2)
+    assert eoi_core.orthogonality_error(matrix) <= ATOL32
+    assert np.all(np.abs(output).reshape(64, 64).sum(axis=1) > 0), "a head is dropped"
+
+
+def test_einsum_dense_3d_kernel_flattens_its_axes():
+    layer = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 4, 16),
+                                     kernel_initializer=eoi_keras.EOI(0.3, seed=3))
+    layer.build((None, 5, 64))
+    matrix, _ = canonical(numpy(layer.kernel), "einsum")
+    assert eoi_core.orthogonality_error(matrix) <= ATOL32
+
+
+@pytest.mark.parametrize("layer_type", [keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_kernels_have_one_orthogonal_block_per_channel(layer_type, multiplier):
+    layer = layer_type(3, depth_multiplier=multiplier, depthwise_initializer=eoi_keras.EOI(0.2, seed=2))
+    spatial = (8,) * (1 if layer_type is keras.layers.DepthwiseConv1D else 2)
+    layer.build((None, *spatial, 16))
+    kernel = numpy(layer.kernel)
+    # No channel is dead (the issue measured 13 of 16 all zero).
+    assert np.all(np.abs(kernel).reshape(-1, 16, multiplier).sum(axis=(0, 2)) > 0)
+    matrix, blocks = canonical(kernel, "depthwise")
+    assert blocks == 16 and eoi_core.orthogonality_error(matrix, groups=16) <= ATOL32
+
+
+def test_separable_conv_reads_its_two_kernels():
+    layer = keras.layers.SeparableConv2D(8, 3, depth_multiplier=2, depthwise_initializer=eoi_keras.EOI(0.2, seed=2),
+                                         pointwise_initializer=eoi_keras.EOI(0.5, seed=3))
+    layer.build((None, 8, 8, 16))
+    depthwise, blocks = canonical(numpy(layer.depthwise_kernel), "depthwise")
+    assert eoi_core.orthogonality_error(depthwise, groups=blocks) <= ATOL32
+    # A (2 x 1) block per channel: a unit column, so no channel is all zero.
+    assert np.all(np.abs(numpy(layer.depthwise_kernel)).sum(axis=(0, 1, 3)) > 0)
+    pointwise, _ = canonical(numpy(layer.pointwise_kernel), "conv")
+    assert eoi_core.orthogonality_error(pointwise) <= ATOL32
+
+
+@pytest.mark.parametrize("layer_type, gates", [(keras.layers.LSTM, 4), (keras.layers.GRU, 3), (keras.layers.SimpleRNN, 1)])
+def test_recurrent_kernels_are_orthogonal_per_gate(layer_type, gates):
+    layer = layer_type(8, kernel_initializer=eoi_keras.EOI(0.5, seed=1), recurrent_initializer=eoi_keras.EOI(0.4, seed=2))
+    layer.build((None, 5, 12))
+    for kernel in (numpy(layer.cell.kernel), numpy(layer.cell.recurrent_kernel)):
+        matrix, blocks = canonical(kernel, "gates", gates=gates)
+        assert blocks == gates and eoi_core.orthogonality_error(matrix, groups=gates) <= ATOL32
+        # Every gate sees every input: no all-zero gate column block.
+        assert np.all(np.abs(kernel).reshape(kernel.shape[0], gates, 8).sum(axis=0) > 0)
+
+
+@pytest.mark.parametrize("layer_type, rank", [(keras.layers.Conv1DTranspose, 1), (keras.layers.Conv2DTranspose, 2)])
+def test_transposed_convolutions_are_delta_orthogonal(layer_type, rank):
+    layer = layer_type(8, 3, padding="same", use_bias=False, kernel_initializer=eoi_keras.EOI(0.3, seed=1))
+    x = np.random.default_rng(0).standard_normal((2, *(6,) * rank, 4)).astype("float32")
+    y = numpy(layer(x))
+    kernel = numpy(layer.kernel)
+    assert kernel.shape == (3,) * rank + (8, 4)
+    assert eoi_core.orthogonality_error(canonical(kernel, "conv_transpose")[0]) <= ATOL32
+    # in=4 <= out=8: y = H^T x at each position preserves norms.
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_layout_wins_and_is_checked():
+    init = eoi_keras.EOI(0.5, seed=0, layout="gates", gates=4)
+    weight, _ = init.weight_and_mask((6, 16))
+    matrix, blocks = canonical(weight, "gates", gates=4)
+    assert eoi_core.orthogonality_error(matrix, groups=blocks) <= ATOL32
+    with pytest.raises(ValueError, match="gates=3 must divide"):
+        eoi_keras.EOI(0.5, layout="gates", gates=3)((6, 16))
+    with pytest.raises(ValueError, match="layout must be"):
+        eoi_keras.EOI(0.5, layout="rnn")
+
+
+def test_seed_generator_works_when_fit_builds_the_model():
+    class TwoLayers(keras.Model):  # subclassed: Keras builds it inside fit
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(16, kernel_initializer=eoi_keras.EOI(0.5, seed=keras.random.SeedGenerator(1)))
+            self.out = keras.layers.Dense(2, kernel_initializer=eoi_keras.EOI(0.5, seed=keras.random.SeedGenerator(2)))
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+    kernels = []
+    for _ in range(2):
+        model = TwoLayers()
+        model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+        model.fit(np.ones((8, 4), "float32"), np.ones((8, 2), "float32"), epochs=1, verbose=0)
+        kernels.append(numpy(model.hidden.kernel))
+    # A fresh SeedGenerator(1) gives the same first draw: the two runs train the same model.
+    np.testing.assert_array_equal(*kernels)

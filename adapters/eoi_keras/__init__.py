@@ -5,10 +5,14 @@
 
 Public API
 ----------
-EOI            ``keras.initializers.Initializer``: a sparse, exactly orthogonal kernel
-sparsify       EOI for every kernel of a built model, masks kept fixed in ``fit``
-MaskConstraint ``keras.constraints.Constraint`` that zeroes a weight outside its mask
-kernel_masks   ``{layer name: mask}`` of a model's masked kernels
+EOI            ``keras.initializers.Initializer``: a sparse kernel, exactly orthogonal per block
+               (the layer being built decides the layout, or ``layout=``)
+sparsify       EOI for every kernel of a built model, masks kept fixed in ``fit``; returns
+               the shared ``eoi_core.report.SparsifyReport``
+MaskConstraint ``keras.constraints.Constraint`` that zeroes a weight outside its mask; the
+               mask is saved with the weights (``save``, ``save_weights``), not in the config
+kernel_masks   ``{kernel key: mask}`` of a model's masked kernels
+find_kernels   every weight matrix of a model with its layout, or why it has none
 
 ``EOI`` and ``MaskConstraint`` are registered Keras serializables (``"eoi>EOI"``,
 ``"eoi>MaskConstraint"``): importing ``eoi_keras`` is all ``keras.models.load_model`` needs.
@@ -16,6 +20,6 @@ kernel_masks   ``{layer name: mask}`` of a model's masked kernels
 
 from .constraint import MaskConstraint
 from .initializer import EOI
-from .sparsity import kernel_masks, sparsify
+from .sparsity import find_kernels, kernel_masks, sparsify
 
-__all__ = ["EOI", "MaskConstraint", "kernel_masks", "sparsify"]
+__all__ = ["EOI", "MaskConstraint", "find_kernels", "kernel_masks", "sparsify"]

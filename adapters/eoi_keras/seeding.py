@@ -13,16 +13,25 @@ this module reproduces for EOI:
   does.  That module is what ``keras.utils.set_random_seed`` seeds, so
   unseeded models become reproducible with it, and one instance gives the
   same values on every call.
-* ``keras.random.SeedGenerator``: every call draws a fresh integer from the
-  generator with ``keras.random.randint`` (advancing its state), so every
+* ``keras.random.SeedGenerator``: every call takes a fresh integer, so every
   call gives new values, and a generator with a fixed seed gives a
-  reproducible sequence.
+  reproducible sequence.  The integer of the ``k``-th EOI draw from a
+  generator (``k = 0, 1, ...``, counted per generator object across every EOI
+  that shares it) is ``SeedSequence([s, k])`` of the generator's initial seed
+  ``s`` (``generator.get_config()["seed"]``; for ``SeedGenerator()`` it comes
+  from Python's ``random``, so ``keras.utils.set_random_seed`` fixes it).
+  Nothing is read from the generator's backend state: Keras may build a
+  model inside a traced function (``fit`` on JAX, a ``tf.function``), where
+  that state is a tracer or a symbolic tensor with no value, while EOI's
+  values are computed on the host.  So the draws do not depend on the
+  backend, on tracing, or on other initializers drawing from the generator.
 """
 
 from __future__ import annotations
 
 import numbers
 import random
+import weakref
 from typing import Any, Union
 
 import keras
@@ -32,9 +41,7 @@ __all__ = ["KerasSeed", "normalize_seed", "draw_core_seed", "layer_seeds", "seri
 
 KerasSeed = Union[int, keras.random.SeedGenerator]
 
-# Core seeds drawn from a SeedGenerator lie in [0, SEED_BOUND): int32 is an
-# integer dtype ``keras.random.randint`` has on every backend (JAX without x64
-# has no int64).
+# Core seeds drawn from a SeedGenerator lie in [0, SEED_BOUND).
 SEED_BOUND = 2**31 - 1
 
 # The range of Keras' ``make_default_seed`` (keras/src/random/seed_generator.py).
@@ -72,16 +79,31 @@ def normalize_seed(seed: Any) -> KerasSeed:
     )
 
 
+# EOI draws taken from each SeedGenerator object (see the module docstring).
+_DRAWS: "weakref.WeakKeyDictionary[keras.random.SeedGenerator, int]" = weakref.WeakKeyDictionary()
+
+
 def draw_core_seed(seed: KerasSeed) -> int:
     """The integer seed for ``eoi_core`` of one initializer call.
 
     An int is returned as is; a ``SeedGenerator`` yields a fresh int in
-    ``[0, SEED_BOUND)`` drawn with ``keras.random.randint`` (which advances it).
-    Must run eagerly (as Keras runs initializers), not inside a traced function.
+    ``[0, SEED_BOUND)``: ``SeedSequence([initial seed, k])`` for its ``k``-th
+    EOI draw.  Pure Python, so it works eagerly and under any trace.
+
+    Examples
+    --------
+    >>> import keras
+    >>> generator = keras.random.SeedGenerator(1)
+    >>> first, second = draw_core_seed(generator), draw_core_seed(generator)
+    >>> first != second, draw_core_seed(keras.random.SeedGenerator(1)) == first
+    (True, True)
     """
     if isinstance(seed, keras.random.SeedGenerator):
-        draw = keras.random.randint(shape=(), minval=0, maxval=SEED_BOUND, dtype="int32", seed=seed)
-        return int(keras.ops.convert_to_numpy(draw))
+        count = _DRAWS.get(seed, 0)
+        _DRAWS[seed] = count + 1
+        initial = int(seed.get_config()["seed"])
+        state = np.random.SeedSequence([initial, count]).generate_state(1, dtype=np.uint32)[0]
+        return int(state) % SEED_BOUND
     return seed
 
 
@@ -91,7 +113,7 @@ def layer_seeds(seed: KerasSeed, count: int) -> list[KerasSeed]:
     An int is spread over the layers with ``numpy.random.SeedSequence(seed).spawn``
     (NumPy's way of deriving independent child seeds, the core's convention),
     so the result does not depend on the Keras backend.  A ``SeedGenerator``
-    is shared: each layer's draw advances it.
+    is shared: each layer takes the next draw from it.
     """
     if isinstance(seed, keras.random.SeedGenerator):
         return [seed] * count
