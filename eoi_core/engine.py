@@ -236,6 +236,39 @@ def _scatter_word(weight_bits, mask, final, starts, value_bits, w, row0, col0, c
 
 
 @jit(nogil=True)
+def _word_counts(bits, first_word, keeps, col0, col1):
+    """Entries of each word (``keeps[k]`` of word ``first_word + k``) in the columns ``[col0, col1)``."""
+    counts = np.zeros(keeps.shape[0], dtype=np.int64)
+    for j in range(col0, col1):
+        for k in range(keeps.shape[0]):
+            counts[k] += np.int64(_popcount(bits[j, first_word + k] & keeps[k]))
+    return counts
+
+
+@jit(nogil=True)
+def _gather_rows(weight_bits, mask, bits, first_word, keeps, starts, offsets, value_bits, row0, col0, j0, j1):
+    """Weight is ``G^T``: write its rows ``j0 .. j1 - 1`` (columns of ``G``) one after another.
+
+    Word ``k``'s entries of column ``j`` are the set bits of
+    ``bits[j, first_word + k] & keeps[k]``, in row order, from
+    ``value_bits[offsets[k] + starts[k, j - col0]]`` on; each output row is
+    written from left to right.
+    """
+    one = np.uint64(1)
+    for j in range(j0, j1):
+        for k in range(keeps.shape[0]):
+            rest = bits[j, first_word + k] & keeps[k]
+            p = offsets[k] + starts[k, j - col0]
+            base = 64 * (first_word + k) - row0
+            while rest:
+                r = base + np.int64(_trailing_zeros(rest))
+                weight_bits[j - col0, r] = value_bits[p]
+                mask[j - col0, r] = True
+                p += 1
+                rest &= rest - one
+
+
+@jit(nogil=True)
 def _support_before_wide(bits, lo, hi, col0, col1):
     """For ``G`` rows ``lo <= r < hi``: support entries in earlier rows and in row ``r`` left of ``col0``, and inside ``[col0, col1)``.
 
@@ -446,6 +479,50 @@ def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, t
         _scatter_word(weight_bits, mask, final, starts, value_bits, w, lo, col0, col1, transposed)
 
 
+def _replay_word(pattern, k, w, keep, col0, col1, starts, offsets, value_bits, gain, dtype):
+    """Replay word ``w`` and keep its cast values of the columns ``[col0, col1)`` (for :func:`_gather_rows`)."""
+    _, word_starts, values = _word_values(pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin)
+    base = word_starts[col0]
+    starts[k] = word_starts[col0:col1] - base
+    values = values[base : word_starts[col1]]
+    if gain != 1.0:
+        values *= gain
+    value_bits[offsets[k] : offsets[k] + values.shape[0]] = values.astype(dtype).view(value_bits.dtype)
+
+
+def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads):
+    """``G^T``: replay every word first (values only), then write the output row after row.
+
+    Rows of the weight are contiguous, so writing them in order streams
+    through the output instead of visiting every row once per word; the
+    price is holding the rectangle's values (8 bytes per non-zero) and
+    their slot offsets (8 bytes per column per word) until then.
+    """
+    (lo, hi), (col0, col1) = rows, cols
+    first_word, last_word = lo // 64, (hi + 63) // 64
+    keeps = np.array([_keep(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
+    counts = _word_counts(pattern.bits, first_word, keeps, col0, col1)
+    offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    starts = np.empty((keeps.shape[0], col1 - col0), dtype=np.int64)
+    value_bits = np.empty(offsets[-1], dtype=weight_bits.dtype)
+    replay = [
+        partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, starts, offsets, value_bits, gain,
+                dtype)
+        for k in range(keeps.shape[0])
+    ]
+    run_all(replay, threads)
+    parts = max(1, min(4 * threads, (col1 - col0) // 64)) if threads > 1 else 1
+    edges = [col0 + ((col1 - col0) * k) // parts for k in range(parts + 1)]
+    write = [
+        partial(_gather_rows, weight_bits, mask, pattern.bits, first_word, keeps, starts, offsets, value_bits, lo,
+                col0, j0, j1)
+        for j0, j1 in zip(edges[:-1], edges[1:])
+        if j1 > j0
+    ]
+    run_all(write, threads)
+
+
 def write_values(
     pattern: Pattern,
     weight: np.ndarray,
@@ -468,6 +545,9 @@ def write_values(
     if rows[0] >= rows[1] or cols[0] >= cols[1]:
         return
     weight_bits = weight.view(_UINT[weight.dtype.itemsize])
+    if transposed:
+        _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads)
+        return
     tasks = [
         partial(_write_words, pattern, word0, word1, rows[0], rows[1], cols[0], cols[1], weight_bits, mask,
                 transposed, gain, weight.dtype)
