@@ -198,7 +198,15 @@ def test_bench_speed_runs(tmp_path, capsys):
     assert "64 x 64" in out and "16 x 64" in out and "published / numba" in out
     assert (tmp_path / "speed_size.png").exists() and (tmp_path / "speed_density.png").exists()
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
-    assert set(rows[0]["cells"]) == {"numba", "reference", "published", "dense QR", "floor"}
+    assert set(rows[0]["cells"]) == {"numba", "reference", "published", "dense QR", "floor", "floor N"}
+
+
+def test_bench_shard_runs(tmp_path):
+    assert run_cli("bench", "shard", "--shapes", "64x256", "--worlds", "2", "--axes", "free", "--no-progress",
+                   "--out", tmp_path) == 0
+    rows = json.loads((tmp_path / "shard.json").read_text())["rows"]
+    assert [(row["axis"], row["world"]) for row in rows] == [("free", 1), ("free", 2)]
+    assert rows[0]["cpu_ratio"] == 1.0 and (tmp_path / "shard.png").exists()
 
 
 def test_bench_density_and_spectrum_run(tmp_path):
