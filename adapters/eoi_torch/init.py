@@ -113,6 +113,25 @@ def as_tensor(weight: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(weight)
 
 
+def copy_into(tensor: torch.Tensor, values: np.ndarray) -> None:
+    """Write the core's ``values`` (NumPy, ``tensor``'s dtype and shape, any strides) into ``tensor``.
+
+    A contiguous CPU tensor is written through a NumPy view (one memcpy on the
+    calling thread: torch's OpenMP team costs more than the copy for small
+    weights on a busy machine, and the thread may be one of sparsify's
+    workers); anything else with ``Tensor.copy_``.  Outside autograd either way.
+    """
+    if tensor.device.type == "cpu" and tensor.is_contiguous() and not tensor.is_conj():
+        destination = tensor.detach()
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16: move the bits
+            np.copyto(destination.view(torch.int16).numpy(), values.view(np.int16))
+        else:
+            np.copyto(destination.numpy(), values)
+        return
+    with torch.no_grad():
+        tensor.copy_(as_tensor(np.ascontiguousarray(values), tensor.dtype))
+
+
 def eoi_(
     tensor: torch.Tensor,
     density: float,
@@ -216,6 +235,6 @@ def eoi_(
         center_density=center_density,
     )
     # Outside inference mode, so that the mask is an ordinary tensor training can use.
-    with torch.inference_mode(False), torch.no_grad():
-        tensor.copy_(as_tensor(weight, tensor.dtype))
+    with torch.inference_mode(False):
+        copy_into(tensor, weight)
         return torch.from_numpy(mask).to(tensor.device)

@@ -59,11 +59,14 @@ class EOIMask(nn.Module):
         The trainable entries, the shape of the weight it masks.
     """
 
-    def __init__(self, mask: torch.Tensor):
+    def __init__(self, mask: torch.Tensor, *, masked: bool = False):
         super().__init__()
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool torch.Tensor, got {mask!r:.80}")
         self.register_buffer("mask", mask)
+        # `masked=True`: the weight being registered is already zero off the mask (sparsify wrote
+        # it so), so registration need not multiply it again (a full pass over a large weight).
+        self._registering_masked = masked
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         # The multiply also masks the gradient, so `original` gets zero gradient off the mask.
@@ -74,6 +77,9 @@ class EOIMask(nn.Module):
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         # Assigning `layer.weight = w` stores `w * mask`, so `original` stays zero off the mask too.
+        if self._registering_masked:
+            self._registering_masked = False
+            return weight
         return weight * self.mask
 
 
@@ -116,10 +122,15 @@ def arm(module: nn.Module) -> None:
         _ARMED[parameter] = (module, name, handle)
 
 
-def attach(module: nn.Module, name: str, mask: torch.Tensor, mode: str) -> None:
-    """Keep ``module.<name>`` masked by ``mask`` in ``mode`` (``"parametrize"`` or ``"hook"``)."""
+def attach(module: nn.Module, name: str, mask: torch.Tensor, mode: str, *, masked: bool = False) -> None:
+    """Keep ``module.<name>`` masked by ``mask`` in ``mode`` (``"parametrize"`` or ``"hook"``).
+
+    ``masked=True`` promises that the weight is already zero off the mask, so
+    registering costs no pass over it (``unsafe=True`` skips parametrize's own
+    consistency forward; shape and dtype are unchanged by construction).
+    """
     if mode == "parametrize":
-        parametrize.register_parametrization(module, name, EOIMask(mask))
+        parametrize.register_parametrization(module, name, EOIMask(mask, masked=masked), unsafe=masked)
         return
     module.register_buffer(_PREFIX + name, mask)
     if not any(isinstance(hook, _Arm) for hook in module._forward_pre_hooks.values()):

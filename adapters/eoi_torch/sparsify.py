@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from eoi_core.report import LayerReport, SparsifyReport
 from eoi_core.selection import select
 
 from .discover import SUPPORTED_LAYERS, Target, find_weights
-from .init import _CORE_DTYPES, as_tensor, check_generator, check_tensor, draw_seed, generate
+from .init import _CORE_DTYPES, check_generator, check_tensor, copy_into, draw_seed, generate
 from .mask import MODES, _eoi_masks, attach
 from .verify import check_verify, exact_error, probe_error
 
@@ -82,25 +83,45 @@ def _check_unmasked(model: nn.Module) -> None:
             )
 
 
-def _write(target: Target, weight: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
-    """Copy the canonical ``weight`` into the parameter (its own layout and device); return its mask."""
+def _write(target: Target, values: np.ndarray, mask: np.ndarray, build: Callable | None) -> torch.Tensor:
+    """Copy canonical ``values`` into the parameter (its own layout and device); return its mask."""
     tensor = target.tensor
-    mask_tensor = torch.from_numpy(mask)
     if target.transposed:
-        weight, mask_tensor = weight.T, mask_tensor.T.contiguous()
-    with torch.no_grad():
-        tensor.copy_(weight)
-    return mask_tensor.to(tensor.device)
+        values, mask = values.T, mask.T
+    if build is not None:  # another scheme's float64 values: one cast, by torch
+        values = torch.from_numpy(np.ascontiguousarray(values)).to(tensor.dtype).numpy() \
+            if tensor.dtype != torch.bfloat16 else values
+    if build is not None and tensor.dtype == torch.bfloat16:
+        with torch.no_grad():
+            tensor.copy_(torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16))
+    else:
+        copy_into(tensor, values)
+    return torch.from_numpy(np.ascontiguousarray(mask)).to(tensor.device)
 
 
 def _error(target: Target, gain: float, verify: Any) -> float | None:
-    if verify is None:
+    if verify != "exact":
         return None
     weight = target.tensor.detach()
-    weight = weight.T if target.transposed else weight
-    if verify == "exact":
-        return exact_error(weight, gain, target.groups)
-    return probe_error(weight, gain, target.groups)
+    return exact_error(weight.T if target.transposed else weight, gain, target.groups)
+
+
+def _pipeline(make: Callable, write: Callable, jobs: list, workers: int) -> Iterator:
+    """``write(job, make(job))`` for each job in order, ``make`` running ``workers`` jobs ahead in threads."""
+    if workers == 1:
+        for job in jobs:
+            yield write(job, make(job))
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append((job, pool.submit(make, job)))
+            if len(pending) >= workers:
+                ready, future = pending.popleft()
+                yield write(ready, future.result())
+        while pending:
+            ready, future = pending.popleft()
+            yield write(ready, future.result())
 
 
 def sparsify(
@@ -309,14 +330,15 @@ def sparsify(
     seeds = [draw_seed(generator) for _ in selected]
     jobs = list(zip(selected, densities, gains, centres, seeds))
 
-    def make(job) -> tuple[torch.Tensor, np.ndarray]:
-        """The weight (a CPU tensor of the parameter's dtype, canonical layout) and the mask."""
+    def make(job) -> tuple:
+        """Canonical ``(weight, mask)``, mask count and probe error: NumPy only, so it runs in any thread."""
         target, layer_density, layer_gain, centre, seed = job
         dtype = target.tensor.dtype
         if build is None:
             values, mask = generate(target.shape, layer_density, dtype, seed=seed, gain=layer_gain,
                                     groups=target.groups, center_density=centre)
-            return as_tensor(values, dtype), mask
+            error = probe_error(values, layer_gain, target.groups) if verify == "probe" else None
+            return values, mask, int(np.count_nonzero(mask)), error
         try:
             values, mask = build(target.shape, layer_density, gain=layer_gain, dtype=_CORE_DTYPES[dtype],
                                  rng=seed, groups=target.groups, center_density=centre)
@@ -326,21 +348,26 @@ def sparsify(
         if values.shape != target.shape or mask.shape != target.shape:
             raise ValueError(f"scheme {scheme!r} returned shapes {values.shape} and {mask.shape} for layer "
                              f"{target.key!r}, expected {target.shape}")
-        return torch.from_numpy(values.astype(np.float64)).to(dtype), mask
+        return values.astype(np.float64), mask, int(np.count_nonzero(mask)), None
 
-    def write(job, made) -> tuple[torch.Tensor, float | None]:
+    def write(job, made) -> tuple[torch.Tensor, int, float | None]:
         target, _, layer_gain, _, _ = job
-        mask = _write(target, *made)
-        return mask, _error(target, layer_gain, verify if build is None else None)
+        values, mask, count, error = made
+        written = _write(target, values, mask, build)
+        if build is None and verify == "exact":
+            error = _error(target, layer_gain, verify)
+        return written, count, error
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        if build is None:
-            # Validated above: generate and write layer by layer, `workers` at a time.
-            results = list(pool.map(lambda job: write(job, make(job)), jobs))
-        else:
-            # Another scheme judges its own arguments: build everything before writing anything.
+    if build is None:
+        # Validated above: generate and write layer by layer.  Worker threads run only the core
+        # (NumPy/Numba, no GIL); every torch call stays on this thread (torch's OpenMP pool spins
+        # badly when several threads drive it), and at most `workers` layers are in flight.
+        results = list(_pipeline(make, write, jobs, workers))
+    else:
+        # Another scheme judges its own arguments: build everything before writing anything.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             built = list(pool.map(make, jobs))
-            results = [write(job, made) for job, made in zip(jobs, built)]
+        results = [write(job, made) for job, made in zip(jobs, built)]
 
     rows = []
     done = {id(t): (job, result) for t, job, result in zip(selected, jobs, results)}
@@ -348,16 +375,16 @@ def sparsify(
         if id(target) not in done:
             rows.append(_skipped(target, reasons.get(id(target), target.skip)))
             continue
-        (_, layer_density, layer_gain, _, _), (mask, error) = done[id(target)]
+        (_, layer_density, layer_gain, _, _), (mask, count, error) = done[id(target)]
         rows.append(LayerReport(
             name=target.name, kind=target.kind, shape=tuple(target.tensor.shape), groups=target.groups,
             dtype=str(target.tensor.dtype).removeprefix("torch."), density=layer_density,
-            mask_count=int(mask.sum()), size=mask.numel(), gain=layer_gain, orthogonality_error=error,
+            mask_count=count, size=mask.numel(), gain=layer_gain, orthogonality_error=error,
             reason=target.note, parameter=target.parameter,
         ))
         # One mask object for every holder of a tied parameter: the tie stays a tie.
         # Hook mode masks the shared Parameter's gradient once: the mask lives with the primary layer.
         holders = target.holders if mode == "parametrize" else [(target.name, target.module, target.parameter)]
         for _, module, parameter in holders:
-            attach(module, parameter, mask, mode)
+            attach(module, parameter, mask, mode, masked=True)
     return SparsifyReport(rows)
