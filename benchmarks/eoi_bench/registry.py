@@ -23,6 +23,7 @@ BENCHMARKS = {
     "shard": "Sharded init: per-rank peak memory and CPU time for world sizes 1, 2, 4, 8",
     "sparse-training": "Conv nets on MNIST-1D and digits: {uniform, ERK, SNIP, GraSP, SynFlow} x "
                        "{Base, AI, EOI} + SAO, static masks (Table 1)",
+    "scheme-speed": "Time per layer of EOI, SAO and approximate isometry across sizes and densities (App. B)",
     "model-init": "Whole-model sparsify against torch's default init and a loop of eoi_: time and peak memory",
     "training-tax": "Step and forward time of a sparsified MLP over dense, per masking mode (parametrize, hook)",
 }
