@@ -12,24 +12,29 @@ RNG, and keeps masks with ``torch.nn.utils.parametrize``.
 Public API
 ----------
 eoi_              fill one tensor in place (``torch.nn.init`` style), return its mask
-sparsify          EOI for every Linear / Conv / ConvTranspose of a model, masks kept in training
+sparsify          EOI for every weight matrix of a model (Linear, Conv, attention, RNN, transformers'
+                  Conv1D), masks kept in training; a report row for every weight matrix
 masks             the mask of every sparsified layer, by name
 make_permanent    bake the masks into the weights and drop the parametrizations
 prepare_for_load  give a fresh model the parametrizations a saved state_dict needs
 EOIMask           the parametrization ``weight = original * mask``
-SparsifyReport    what ``sparsify`` returns: per-layer rows, printable as a table
+keep_masks        re-zero hook-mode weights after every step of an optimizer
+SparsifyReport    what ``sparsify`` returns (:class:`eoi_core.report.SparsifyReport`)
 pai               SNIP / GraSP / SynFlow densities (``distribution=``) and their own masks (Base)
 """
 
 from . import pai
 from .init import SUPPORTED_DTYPES, eoi_
-from .mask import EOIMask, make_permanent, masks, prepare_for_load
+from .mask import MODES, EOIMask, keep_masks, make_permanent, masks, prepare_for_load
 from .report import LayerReport, SparsifyReport
-from .select import SUPPORTED_LAYERS
-from .sparsify import sparsify
+from .discover import SUPPORTED_LAYERS
+from .sparsify import TIED, sparsify
 
 __all__ = [
     "EOIMask",
+    "MODES",
+    "TIED",
+    "keep_masks",
     "LayerReport",
     "SUPPORTED_DTYPES",
     "SUPPORTED_LAYERS",
@@ -42,4 +47,4 @@ __all__ = [
     "sparsify",
 ]
 
-__version__ = "0.1.0"
+from eoi_core._version import __version__  # noqa: E402  (one version for the whole distribution)
