@@ -385,7 +385,7 @@ _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 # Entries one task replays (64 rows at a time) before writing them out.
 BAND_ENTRIES = 1 << 19
-# Below this many entries, one band on the caller's thread: hand-offs would cost more.
+# Below this many entries, everything runs on the caller's thread: hand-offs would cost more.
 THREAD_ENTRIES = 1 << 16
 
 
@@ -495,10 +495,12 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
 
     Rows of the weight are contiguous, so writing them in order streams
     through the output instead of visiting every row once per word; the
-    price is holding the rectangle's values (8 bytes per non-zero) and
-    their slot offsets (8 bytes per column per word) until then.
+    price is holding the rectangle's cast values (one output item per
+    non-zero) and their slot offsets (8 bytes per column per word) until then.
     """
     (lo, hi), (col0, col1) = rows, cols
+    if pattern.nnz * (hi - lo) / max(pattern.rows, 1) < THREAD_ENTRIES:
+        threads = 1  # hand-offs would cost more than the work
     first_word, last_word = lo // 64, (hi + 63) // 64
     keeps = np.array([_keep(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
     counts = _word_counts(pattern.bits, first_word, keeps, col0, col1)

@@ -9,7 +9,8 @@ for memory), as a distributed adapter would on W processes:
 ``other``  the shard splits the other axis, so each rank replays every row (in bands) and keeps
            only its columns: memory is the shard, CPU is the whole value pass.
 
-Per rank: CPU seconds of the call (``time.process_time``) and its peak extra resident memory
+Per rank: CPU seconds of the call (``time.process_time``, the least of ``--repeats`` calls, so that
+a busy machine inflates it less) and its peak extra resident memory (the largest)
 (``VmHWM - VmRSS`` around the call, with glibc returning freed blocks at once; see
 :mod:`eoi_bench.memory`).  Targets (free axis): per-rank CPU <= (1/W + 0.1) of the single-process
 CPU time, and per-rank peak memory <= 1.5x its shard (weight + mask) plus a fixed overhead, here
@@ -19,6 +20,7 @@ the support bitsets (``n * m / 8`` bytes, the same for every W) plus 32 MiB.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -67,8 +69,9 @@ def _index(shape: tuple[int, int], axis: str, world: int, rank: int) -> tuple[sl
     return tuple(index)
 
 
-def measure_rank(shape: tuple[int, int], density: float, axis: str, world: int, rank: int) -> dict:
-    """In this process: CPU seconds and peak extra resident bytes of one rank's shard."""
+def measure_rank(shape: tuple[int, int], density: float, axis: str, world: int, rank: int,
+                 repeats: int = 1) -> dict:
+    """In this process: CPU seconds (least of ``repeats`` calls) and peak extra resident bytes (largest) of one rank's shard."""
     import time
 
     import eoi_core
@@ -85,25 +88,32 @@ def measure_rank(shape: tuple[int, int], density: float, axis: str, world: int, 
     eoi_core.set_num_threads(1)
     eoi_core.sparse_orthogonal_shard((64, 256), 0.1, (slice(0, 32), slice(None)), rng=0)  # load the kernels
     index = _index(shape, axis, world, rank)
-    if linux:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # reset VmHWM to the current resident size
-        before = _status_kib("VmRSS")
-    start = time.process_time()
-    weight, mask = eoi_core.sparse_orthogonal_shard(shape, density, index, rng=0)
-    cpu = time.process_time() - start
-    peak = (_status_kib("VmHWM") - before) * 1024 if linux else None
-    return {"shard_bytes": weight.nbytes + mask.nbytes, "cpu_seconds": cpu, "peak_bytes": peak}
+    cpu, peak, shard_bytes = float("inf"), None, 0
+    for _ in range(repeats):
+        gc.collect()
+        if linux:
+            with open("/proc/self/clear_refs", "w") as clear:
+                clear.write("5")  # reset VmHWM to the current resident size
+            before = _status_kib("VmRSS")
+        start = time.process_time()
+        weight, mask = eoi_core.sparse_orthogonal_shard(shape, density, index, rng=0)
+        cpu = min(cpu, time.process_time() - start)
+        if linux:
+            peak = max(peak or 0, (_status_kib("VmHWM") - before) * 1024)
+        shard_bytes = weight.nbytes + mask.nbytes
+        del weight, mask
+    return {"shard_bytes": shard_bytes, "cpu_seconds": cpu, "peak_bytes": peak}
 
 
-def run_world(shape: tuple[int, int], density: float, axis: str, world: int, jobs: int = 1) -> list[RankResult]:
+def run_world(shape: tuple[int, int], density: float, axis: str, world: int, jobs: int = 1,
+              repeats: int = 1) -> list[RankResult]:
     """Every rank of one world, each in a fresh child process, ``jobs`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     environment = dict(os.environ, EOI_NUM_THREADS="1")
 
     def rank_process(rank: int) -> RankResult:
-        payload = json.dumps([list(shape), density, axis, world, rank])
+        payload = json.dumps([list(shape), density, axis, world, rank, repeats])
         child = subprocess.run([sys.executable, "-m", "eoi_bench.shard", "--child"], input=payload, text=True,
                                capture_output=True, check=True, env=environment, timeout=1800)
         measured = json.loads(child.stdout)
@@ -209,6 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="world sizes (default: 1 2 4 8; --quick: 1 2)")
     parser.add_argument("--axes", nargs="+", choices=AXES, default=list(AXES),
                         help="which axis the shards split (default: both)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help="calls per rank process: CPU is the least, memory the largest (default: 3; --quick: 1)")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="rank processes run at once (default: %(default)s; CPU seconds are per process, but "
                              "concurrent ranks share caches and memory bandwidth)")
@@ -219,6 +231,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     shapes = args.shapes or ([(512, 1792)] if args.quick else [(16384, 16384), (8192, 28672)])
     worlds = sorted(set(args.worlds or ([1, 2] if args.quick else [1, 2, 4, 8])) | {1})
     axes = list(dict.fromkeys(args.axes))
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     out = report.prepare_output(args.out)
     log: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress \
         else (lambda line: None)
@@ -230,13 +243,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                     continue  # one rank owns the whole weight whichever axis is split
                 if world > shape[0] or world > shape[1]:
                     continue
-                ranks = run_world(shape, args.density, axis, world, args.jobs)
+                ranks = run_world(shape, args.density, axis, world, args.jobs, repeats)
                 results += ranks
                 log(f"{shape[0]}x{shape[1]} {axis} W={world}: CPU " +
                     ", ".join(f"{r.cpu_seconds:.3f}" for r in ranks) + " s")
     rows = summarise(results)
     table = shard_table(rows)
-    header = (f"density {args.density:g}, float32 + bool mask, rng=0; every rank in its own process with one "
+    header = (f"density {args.density:g}, float32 + bool mask, rng=0; CPU: least of {repeats} calls; "
+              f"every rank in its own process with one "
               f"engine thread; 'free' splits the rows of the wide Givens matrix, 'other' the other axis; "
               f"memory goal: peak <= 1.5 shard + bitsets + {FIXED_OVERHEAD >> 20} MiB.")
     print(header)
@@ -255,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--child"]:
-        shape, density, axis, world, rank = json.load(sys.stdin)
-        json.dump(measure_rank(tuple(shape), density, axis, world, rank), sys.stdout)
+        shape, density, axis, world, rank, repeats = json.load(sys.stdin)
+        json.dump(measure_rank(tuple(shape), density, axis, world, rank, repeats), sys.stdout)
     else:
         sys.exit(main())
