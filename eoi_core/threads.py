@@ -84,6 +84,17 @@ def set_num_threads(threads: int) -> None:
         _threads = threads
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool when one is needed."""
+    global _pool, _pool_size, _lock
+    _lock = threading.Lock()
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
@@ -105,13 +116,13 @@ def run_all(tasks: Sequence[Callable[[], Any]], threads: int | None = None) -> N
     """
     threads = get_num_threads() if threads is None else threads
     if threads <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            task()
-        return
+        threads = 1  # no helpers: the caller runs every task
     # Tasks are taken in order from one shared counter, so threads that finish
-    # early take more bands (the bands' costs differ).
+    # early take more (the tasks' costs differ).  A failing task does not stop
+    # the others: the caller gets the first error once every task has run.
     lock = threading.Lock()
     cursor = iter(range(len(tasks)))
+    errors: list[BaseException] = []
 
     def worker() -> None:
         while True:
@@ -119,19 +130,17 @@ def run_all(tasks: Sequence[Callable[[], Any]], threads: int | None = None) -> N
                 index = next(cursor, None)
             if index is None:
                 return
-            tasks[index]()
+            try:
+                tasks[index]()
+            except BaseException as raised:
+                with lock:
+                    errors.append(raised)
 
     helpers = min(threads, len(tasks)) - 1
-    futures = [_executor(helpers).submit(worker) for _ in range(helpers)]
-    error: BaseException | None = None
-    try:
-        worker()
-    except BaseException as raised:  # finish the helpers before raising
-        error = raised
+    futures = [_executor(helpers).submit(worker) for _ in range(helpers)] if helpers else []
+    worker()
     for future in futures:
-        try:
+        if not future.cancel():  # a helper that never started (the pool was busy) has nothing left to do
             future.result()
-        except BaseException as raised:
-            error = error or raised
-    if error is not None:
-        raise error
+    if errors:
+        raise errors[0]

@@ -236,3 +236,14 @@ def test_a_failing_task_is_raised_after_the_others_finish():
     with pytest.raises(RuntimeError, match="boom"):
         threads.run_all([lambda: done.append(1), fail, lambda: done.append(2)], threads=2)
     assert sorted(done) == [1, 2]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_engine_threads_work_in_a_forked_child(many_tasks):
+    import multiprocessing
+
+    eoi_core.set_num_threads(2)
+    expected = eoi_core.sparse_orthogonal((200, 300), 0.2, rng=1)[0]  # the pool exists before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        weight = pool.apply_async(eoi_core.sparse_orthogonal, ((200, 300), 0.2), {"rng": 1}).get(timeout=120)[0]
+    assert np.array_equal(weight, expected)
