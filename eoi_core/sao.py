@@ -48,7 +48,7 @@ from .dtypes import check_gain_representable, resolve_dtype
 from .layout import Layout, mask_count, parse_layout
 from .randomness import as_generator, split
 
-__all__ = ["sao", "feasible_densities", "nearest_density", "haar_orthogonal"]
+__all__ = ["sao", "feasible_densities", "nearest_density", "nearest_densities", "haar_orthogonal"]
 
 
 def haar_orthogonal(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,6 +93,29 @@ def nearest_density(shape: Sequence[int], density: float, groups: int = 1) -> fl
     density = check_density(density)
     options = feasible_densities(shape, groups)
     return min(options, key=lambda option: (abs(option - density), option))
+
+
+def nearest_densities(
+    shapes: Sequence[Sequence[int]],
+    density: float,
+    *,
+    names: Sequence[str] | None = None,
+    groups: Sequence[int] | None = None,
+) -> list[float]:
+    """A distribution for SAO: every layer at the feasible density nearest to ``density``.
+
+    Has the signature of a distribution callable, so any adapter's ``sparsify``
+    accepts it (``distribution=eoi_core.sao.nearest_densities``).  SAO's
+    constraints make the model-wide weighted mean only approximately
+    ``density`` (each layer rounds on its own); the report shows what was used.
+
+    Examples
+    --------
+    >>> nearest_densities([(64, 64), (64, 64, 3)], 0.1)
+    [0.125, 0.08333333333333333]
+    """
+    groups = [1] * len(shapes) if groups is None else list(groups)
+    return [nearest_density(shape, density, g) for shape, g in zip(shapes, groups)]
 
 
 def _degree(layout: Layout, density: float) -> int:
