@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __all__ = ["BENCHMARKS"]
 
-#: ``eoi bench NAME`` -> help text; NAME is the module ``eoi_bench.NAME``.
+#: ``eoi bench NAME`` -> help text; the module is ``eoi_bench.NAME`` with ``-`` written ``_``.
 BENCHMARKS = {
     "speed": "Time of the core against the published algorithm, dense QR and the write floor (App. B)",
     "density": "Density of random Givens rotations against the exact law (Fig. 4)",
