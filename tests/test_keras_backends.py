@@ -1,12 +1,15 @@
-"""eoi_keras drop-in behaviour on the TensorFlow, JAX and PyTorch Keras backends.
+"""eoi_keras on real models on the TensorFlow, JAX and PyTorch Keras backends.
 
 Keras fixes its backend at import, so each backend runs ``keras_dropin_check.py``
-in its own process (``KERAS_BACKEND=...``): EOI ``kernel_initializer`` models
-(orthogonal, norm-preserving, grouped Conv2D block-orthogonal), ``sparsify`` +
-``fit`` (masked entries exactly 0, exact mask counts), ``model.save`` /
-``keras.models.load_model`` (identical weights, intact masks, working ``fit``),
-seeding (int, None + ``keras.utils.set_random_seed``, ``SeedGenerator``) and
-dtypes.  The processes run concurrently; each asserts inside and fails loudly.
+in its own process (``KERAS_BACKEND=...``): EOI as the initializer of attention,
+depthwise, LSTM and grouped conv kernels (the layer decides the layout); a
+transformer block, a MobileNet-style CNN and an LSTM text classifier each
+sparsified (exact masks, every block orthogonal), trained, and saved and
+reloaded both ways (``model.save`` / ``load_model`` and ``save_weights`` /
+``load_weights`` into a fresh model, sparsified or not); seeding (int, None +
+``keras.utils.set_random_seed``, ``SeedGenerator`` in eager and fit-time
+builds, ``tf.function`` on TensorFlow) and dtypes.  The processes run
+concurrently; each asserts inside and fails loudly.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 
 import eoi_core
-from eoi_core.layout import to_channels_last
+from eoi_core.kernels import kernel_layout
 
 BACKENDS = ("tensorflow", "jax", "torch")
 SCRIPT = Path(__file__).with_name("keras_dropin_check.py")
@@ -80,12 +83,15 @@ def test_dropin_checks_pass(runs, backend):
     assert runs.result(backend)["backend"] == backend
 
 
-def test_int_seeds_agree_across_backends(runs):
+def test_seeded_results_agree_across_backends(runs):
     results = [runs.result(backend) for backend in BACKENDS]
-    for key in ("int_seed_kernel", "mlp_masks", "convnet_kernels", "float16", "bfloat16", "float32", "float64"):
+    keys = ("initializer_layouts", "int_seed_kernel", "seed_generator", "model_transformer", "model_mobilenet",
+            "model_lstm", "float16", "bfloat16", "float32", "float64")
+    for key in keys:
         values = {result["backend"]: result[key] for result in results}
         assert len(set(values.values())) == 1, f"{key} differs across backends: {values}"
     # ...and the int-seeded kernel is the core's, in Keras layout.
     weight, _ = eoi_core.sparse_orthogonal((8, 4, 3, 3), 0.25, rng=7)
-    expected = hashlib.sha256(np.ascontiguousarray(to_channels_last(weight)).tobytes()).hexdigest()[:16]
+    kernel = kernel_layout((3, 3, 4, 8), "conv").from_canonical(weight)
+    expected = hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest()[:16]
     assert results[0]["int_seed_kernel"] == expected

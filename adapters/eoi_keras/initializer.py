@@ -12,7 +12,7 @@ from eoi_core.checks import check_center_density, check_density, check_gain, che
 from eoi_core.dtypes import DTYPES
 from eoi_core.kernels import KERNEL_LAYOUTS, KernelLayout, kernel_layout
 
-from .layouts import building_layer, spec_for_shape
+from .layouts import building_layer, in_stateless_scope, spec_for_shape
 from .seeding import draw_core_seed, normalize_seed, serialize_seed
 
 __all__ = ["EOI", "float_dtype", "resolve_layout"]
@@ -206,6 +206,20 @@ class EOI(keras.initializers.Initializer):
         """The :class:`~eoi_core.kernels.KernelLayout` this initializer uses for ``shape`` now."""
         return resolve_layout(shape, self.layout, groups=self.groups, gates=self.gates, in_axes=self.in_axes)
 
+    def _plan(self, shape: Sequence[int], dtype: str) -> tuple[KernelLayout, dict[str, Any]]:
+        kernel = self.kernel_layout(shape)
+        arguments = dict(gain=self.gain, dtype=dtype, groups=kernel.groups, center_density=self.center_density)
+        try:
+            # Fail before the draw, so a bad call does not advance a SeedGenerator.
+            eoi_core.validate(kernel.canonical, self.density, **arguments)
+        except ValueError as error:
+            # The core speaks the canonical layout; say which Keras shape it was.
+            raise ValueError(
+                f"EOI cannot initialize the Keras {kernel.kind} kernel of shape {kernel.shape} "
+                f"(canonical {kernel.canonical}): {error}"
+            ) from error
+        return kernel, arguments
+
     def weight_and_mask(self, shape: Sequence[int], dtype: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """One EOI draw in Keras layout, as NumPy arrays.
 
@@ -221,18 +235,7 @@ class EOI(keras.initializers.Initializer):
         weight : ndarray of ``shape`` and ``dtype``
         mask : bool ndarray of ``shape``; the weight's non-zeros are a subset of it.
         """
-        name = float_dtype(dtype)
-        kernel = self.kernel_layout(shape)
-        arguments = dict(gain=self.gain, dtype=name, groups=kernel.groups, center_density=self.center_density)
-        try:
-            # Fail before the draw, so a bad call does not advance a SeedGenerator.
-            eoi_core.validate(kernel.canonical, self.density, **arguments)
-        except ValueError as error:
-            # The core speaks the canonical layout; say which Keras shape it was.
-            raise ValueError(
-                f"EOI cannot initialize the Keras {kernel.kind} kernel of shape {kernel.shape} "
-                f"(canonical {kernel.canonical}): {error}"
-            ) from error
+        kernel, arguments = self._plan(shape, float_dtype(dtype))
         weight, mask = eoi_core.sparse_orthogonal(
             kernel.canonical, self.density, rng=draw_core_seed(self.seed), **arguments
         )
@@ -241,6 +244,15 @@ class EOI(keras.initializers.Initializer):
     def __call__(self, shape: Sequence[int], dtype: Any = None) -> Any:
         """A backend tensor of ``shape`` and ``dtype`` holding an EOI kernel (the mask is dropped)."""
         name = float_dtype(dtype)
+        if in_stateless_scope():
+            # Keras creates no variable value in a stateless scope: it calls the
+            # initializer there only for a placeholder of an uninitialized
+            # variable, used for shape inference (a model built by `fit`), and
+            # initializes the variable later, outside it.  The placeholder takes
+            # no draw, so a SeedGenerator gives the same kernels however the
+            # model is built.
+            self._plan(shape, name)
+            return keras.ops.zeros(tuple(shape), dtype=name)
         weight, _ = self.weight_and_mask(shape, name)
         return keras.ops.convert_to_tensor(weight, dtype=name)
 

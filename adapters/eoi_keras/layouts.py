@@ -36,7 +36,7 @@ import keras
 
 from eoi_core.kernels import KernelLayout, kernel_layout
 
-__all__ = ["KernelSpec", "layer_specs", "spec_for_shape", "building_layer", "einsum_axes"]
+__all__ = ["KernelSpec", "layer_specs", "spec_for_shape", "building_layer", "einsum_axes", "in_stateless_scope"]
 
 _L = keras.layers
 # Only the attention projections whose output axes are (heads, head_dim).
@@ -200,3 +200,12 @@ def building_layer() -> tuple[Any, Any]:
     if not layers:
         return None, None
     return layers[-1], (layers[-2] if len(layers) > 1 else None)
+
+
+def in_stateless_scope() -> bool:
+    """Whether Keras runs in a ``StatelessScope`` (where variables get no values)."""
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope as stateless
+    except ImportError:  # pragma: no cover - a Keras without stateless scopes
+        return False
+    return bool(stateless())
