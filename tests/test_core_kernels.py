@@ -54,3 +54,17 @@ def test_conv_transpose_is_the_transposed_conv_weight():
 def test_bad_layouts_raise(shape, layout, options, pattern):
     with pytest.raises(ValueError, match=pattern):
         kernel_layout(shape, layout, **options)
+
+
+def test_probe_error_is_rounding_level_for_eoi_and_large_otherwise():
+    from eoi_core.verify import check_verify, orthogonality
+
+    weight, _ = eoi_core.sparse_orthogonal((48, 16, 3, 3), 0.1, gain=1.5, groups=4, rng=3)
+    assert orthogonality(weight, 1.5, 4, "probe") < 1e-5
+    assert orthogonality(weight, 1.5, 4, "exact") < 1e-5
+    assert orthogonality(weight, 1.5, 4, None) is None
+    broken = weight.copy()
+    broken[0, 0, 1, 1] += 0.1  # one entry of the first block's centre
+    assert orthogonality(broken, 1.5, 4, "probe") > 1e-3
+    with pytest.raises(ValueError, match="verify must be one of"):
+        check_verify("always")

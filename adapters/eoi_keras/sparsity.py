@@ -15,11 +15,11 @@ from eoi_core.checks import kernel_center_density
 from eoi_core.dtypes import DTYPES
 from eoi_core.kernels import KernelLayout
 from eoi_core.report import LayerReport, SparsifyReport
+from eoi_core.verify import check_verify, orthogonality
 
 from .constraint import MaskConstraint
 from .layouts import KernelSpec, layer_specs
 from .seeding import draw_core_seed, layer_seeds, normalize_seed
-from .verify import check_verify, orthogonality
 
 __all__ = ["sparsify", "kernel_masks", "find_kernels", "Kernel"]
 
@@ -215,7 +215,7 @@ def sparsify(
         A name in :data:`eoi_core.schemes.SCHEMES` or a function with the
         core's signature.  Only ``"eoi"`` promises orthogonality.
     verify : {"probe", "exact", None}, optional
-        The report's orthogonality column (:mod:`eoi_keras.verify`): a few
+        The report's orthogonality column (:mod:`eoi_core.verify`): a few
         random probe vectors per block (``O(size)``), the exact Gram error
         (``O(n^3)``), or not computed.
     layers : optional

@@ -1,4 +1,4 @@
-r"""The orthogonality column of :func:`eoi_keras.sparsify`'s report, at a cost a model can afford.
+r"""The orthogonality column of a ``sparsify`` report, at a cost a model can afford (NumPy weights).
 
 ``verify="probe"`` (default) multiplies each orthogonal block ``H`` (a
 block's centre slice, ``out/g x in/g`` in the canonical layout) of the weight
@@ -11,14 +11,15 @@ two matrix-vector products per probe, batched over the blocks: ``O(P *
 size)``, never a Gram matrix.  A deviation from ``H^T H = g^2 I`` shows up
 in a random probe with probability one.  ``verify="exact"`` forms the Gram
 matrices (:func:`eoi_core.orthogonality_error`, ``O(n^3)``); ``verify=None``
-reports nothing.
+reports nothing.  Adapters whose weights are NumPy arrays when they are
+written (Keras, JAX) use this module; PyTorch probes on the device.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-import eoi_core
+from .api import orthogonality_error
 
 __all__ = ["VERIFY", "check_verify", "probe_error", "orthogonality"]
 
@@ -38,6 +39,7 @@ def probe_error(weight: np.ndarray, gain: float, groups: int, *, probes: int = P
 
     Examples
     --------
+    >>> import eoi_core
     >>> weight, _ = eoi_core.sparse_orthogonal((64, 32, 3, 3), 0.2, gain=2.0, groups=4, rng=0)
     >>> probe_error(weight, 2.0, 4) < 1e-5
     True
@@ -62,4 +64,4 @@ def orthogonality(weight: np.ndarray, gain: float, groups: int, verify: object) 
         return None
     if verify == "probe":
         return probe_error(weight, gain, groups)
-    return eoi_core.orthogonality_error(np.asarray(weight, dtype=np.float64), gain=gain, groups=groups, relative=True)
+    return orthogonality_error(np.asarray(weight, dtype=np.float64), gain=gain, groups=groups, relative=True)
