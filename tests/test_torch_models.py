@@ -332,3 +332,18 @@ def test_the_report_of_a_hook_model_survives_a_buffer_round_trip():
     optimizer = torch.optim.SGD(copied.parameters(), lr=1.0)
     optimizer.zero_grad(), copied(torch.randn(2, 8)).sum().backward(), optimizer.step()
     assert_masked(copied)  # the deep copy re-armed its gradient mask on its first forward
+
+
+def test_named_schemes_report_no_orthogonality_and_a_failing_scheme_changes_nothing():
+    pytest.importorskip("eoi_core.schemes")
+    model = nn.Sequential(nn.Linear(16, 32), nn.Conv2d(4, 8, 3))
+    report = eoi_torch.sparsify(model, 0.5, scheme="kaiming", distribution="uniform")
+    assert [row.orthogonality_error for row in report] == [None, None]
+    assert [row.mask_count for row in report] == [256, 144]
+    assert_masked(model)
+    fresh = nn.Sequential(nn.Linear(16, 32), nn.Conv2d(4, 8, 3))
+    before = {key: value.clone() for key, value in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="layer '1' \\(Conv2d\\)"):
+        eoi_torch.sparsify(fresh, 0.5, scheme="sao", distribution="uniform")  # no SAO density 0.5 for 8x4x3x3
+    assert all(torch.equal(before[key], value) for key, value in fresh.state_dict().items())
+    assert eoi_torch.masks(fresh) == {}
