@@ -347,3 +347,18 @@ def test_named_schemes_report_no_orthogonality_and_a_failing_scheme_changes_noth
         eoi_torch.sparsify(fresh, 0.5, scheme="sao", distribution="uniform")  # no SAO density 0.5 for 8x4x3x3
     assert all(torch.equal(before[key], value) for key, value in fresh.state_dict().items())
     assert eoi_torch.masks(fresh) == {}
+
+
+def test_separate_attention_projections_and_every_recurrent_kind():
+    attention = nn.MultiheadAttention(16, 4, kdim=8, vdim=12, batch_first=True)
+    report = eoi_torch.sparsify(attention, 0.5, distribution="uniform")
+    assert [(row.parameter, row.groups) for row in report] == [
+        ("q_proj_weight", 1), ("k_proj_weight", 1), ("v_proj_weight", 1), ("weight", 1)]
+    query = torch.randn(2, 3, 16)
+    output, _ = attention(query, torch.randn(2, 5, 8), torch.randn(2, 5, 12))
+    assert output.shape == (2, 3, 16)
+    for layer, groups in [(nn.RNN(8, 8), 1), (nn.GRU(8, 8), 3), (nn.LSTM(8, 8, proj_size=4), 4)]:
+        report = eoi_torch.sparsify(layer, 0.6, distribution="uniform")
+        assert {row.parameter: row.groups for row in report}.get("weight_ih_l0") == groups
+        assert all(row.sparsified for row in report)
+        layer(torch.randn(5, 2, 8))[0].sum().backward()
