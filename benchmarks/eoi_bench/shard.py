@@ -9,8 +9,10 @@ for memory), as a distributed adapter would on W processes:
 ``other``  the shard splits the other axis, so each rank replays every row (in bands) and keeps
            only its columns: memory is the shard, CPU is the whole value pass.
 
-Per rank: CPU seconds of the call (``time.process_time``, the least of ``--repeats`` calls, so that
-a busy machine inflates it less) and its peak extra resident memory (the largest)
+Per rank: CPU seconds of the call (user + system from ``getrusage``, the least of ``--repeats``
+calls, so that a busy machine inflates it less; the user part alone is shown too, because the
+system part is mostly the kernel zeroing, and on a fragmented machine compacting, the pages of
+a fresh output, which can dominate a large single-process run) and its peak extra resident memory (the largest)
 (``VmHWM - VmRSS`` around the call, with glibc returning freed blocks at once; see
 :mod:`eoi_bench.memory`).  Targets (free axis): per-rank CPU <= (1/W + 0.1) of the single-process
 CPU time, and per-rank peak memory <= 1.5x its shard (weight + mask) plus a fixed overhead, here
@@ -56,6 +58,7 @@ class RankResult:
     rank: int
     shard_bytes: int
     cpu_seconds: float
+    user_seconds: float
     peak_bytes: int | None
 
 
@@ -72,9 +75,13 @@ def _index(shape: tuple[int, int], axis: str, world: int, rank: int) -> tuple[sl
 def measure_rank(shape: tuple[int, int], density: float, axis: str, world: int, rank: int,
                  repeats: int = 1) -> dict:
     """In this process: CPU seconds (least of ``repeats`` calls) and peak extra resident bytes (largest) of one rank's shard."""
-    import time
+    import resource
 
     import eoi_core
+
+    def user_system() -> tuple[float, float]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime, usage.ru_stime
 
     linux = sys.platform.startswith("linux")
     if linux:
@@ -88,21 +95,23 @@ def measure_rank(shape: tuple[int, int], density: float, axis: str, world: int, 
     eoi_core.set_num_threads(1)
     eoi_core.sparse_orthogonal_shard((64, 256), 0.1, (slice(0, 32), slice(None)), rng=0)  # load the kernels
     index = _index(shape, axis, world, rank)
-    cpu, peak, shard_bytes = float("inf"), None, 0
+    cpu, user, peak, shard_bytes = float("inf"), float("inf"), None, 0
     for _ in range(repeats):
         gc.collect()
         if linux:
             with open("/proc/self/clear_refs", "w") as clear:
                 clear.write("5")  # reset VmHWM to the current resident size
             before = _status_kib("VmRSS")
-        start = time.process_time()
+        user0, system0 = user_system()
         weight, mask = eoi_core.sparse_orthogonal_shard(shape, density, index, rng=0)
-        cpu = min(cpu, time.process_time() - start)
+        user1, system1 = user_system()
+        cpu = min(cpu, user1 - user0 + system1 - system0)
+        user = min(user, user1 - user0)
         if linux:
             peak = max(peak or 0, (_status_kib("VmHWM") - before) * 1024)
         shard_bytes = weight.nbytes + mask.nbytes
         del weight, mask
-    return {"shard_bytes": shard_bytes, "cpu_seconds": cpu, "peak_bytes": peak}
+    return {"shard_bytes": shard_bytes, "cpu_seconds": cpu, "user_seconds": user, "peak_bytes": peak}
 
 
 def run_world(shape: tuple[int, int], density: float, axis: str, world: int, jobs: int = 1,
@@ -118,7 +127,7 @@ def run_world(shape: tuple[int, int], density: float, axis: str, world: int, job
                                capture_output=True, check=True, env=environment, timeout=1800)
         measured = json.loads(child.stdout)
         return RankResult(shape, axis, world, rank, measured["shard_bytes"], measured["cpu_seconds"],
-                          measured["peak_bytes"])
+                          measured["user_seconds"], measured["peak_bytes"])
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(rank_process, range(world)))
@@ -133,6 +142,7 @@ def summarise(results: Sequence[RankResult]) -> list[dict]:
     import eoi_core
 
     single = {(r.shape, r.axis): r.cpu_seconds for r in results if r.world == 1}
+    single_user = {(r.shape, r.axis): r.user_seconds for r in results if r.world == 1}
     rows = []
     groups: dict[tuple, list[RankResult]] = {}
     for result in results:
@@ -142,12 +152,15 @@ def summarise(results: Sequence[RankResult]) -> list[dict]:
         pattern = n * m // 8
         cpu = max(r.cpu_seconds for r in ranks)
         base = single.get((shape, axis), single.get((shape, "free")))
+        user = max(r.user_seconds for r in ranks)
+        base_user = single_user.get((shape, axis), single_user.get((shape, "free")))
         peaks = [r for r in ranks if r.peak_bytes is not None]
         worst = max(peaks, key=lambda r: r.peak_bytes - 1.5 * r.shard_bytes) if peaks else None
         rows.append({
             "shape": shape, "axis": axis, "world": world, "free_axis": eoi_core.free_axis(shape),
             "shard_bytes": max(r.shard_bytes for r in ranks), "pattern_bytes": pattern,
             "cpu_seconds": cpu, "cpu_ratio": cpu / base if base else None, "cpu_goal": 1 / world + 0.1,
+            "user_seconds": user, "user_ratio": user / base_user if base_user else None,
             "peak_bytes": None if worst is None else worst.peak_bytes,
             "peak_over_shard": None if worst is None else worst.peak_bytes / worst.shard_bytes,
             "memory_ok": None if worst is None else
@@ -159,7 +172,7 @@ def summarise(results: Sequence[RankResult]) -> list[dict]:
 def shard_table(rows: Sequence[dict]) -> str:
     headers = ["shape (out x in)", "split axis", "W", "shard [MiB]", "peak [MiB] (worst rank)", "peak / shard",
                "peak - 1.5 shard [MiB]", "bitsets [MiB]", "CPU [s] (worst rank)", "CPU / single",
-               "goal 1/W + 0.1", "CPU goal", "memory goal"]
+               "user CPU / single", "goal 1/W + 0.1", "CPU goal", "memory goal"]
     lines = []
     for row in rows:
         axis_name = f"{row['axis']} (axis {row['free_axis'] if row['axis'] == 'free' else 1 - row['free_axis']})"
@@ -172,8 +185,9 @@ def shard_table(rows: Sequence[dict]) -> str:
                       "-" if row["peak_over_shard"] is None else f"{row['peak_over_shard']:.2f}x",
                       _mib(over), _mib(row["pattern_bytes"]), report.fmt(row["cpu_seconds"]),
                       "-" if row["cpu_ratio"] is None else f"{row['cpu_ratio']:.3f}",
+                      "-" if row["user_ratio"] is None else f"{row['user_ratio']:.3f}",
                       f"{row['cpu_goal']:.3f}", cpu_goal, memory_goal])
-    return report.markdown_table(headers, lines, align="llr" + "r" * 10)
+    return report.markdown_table(headers, lines, align="llr" + "r" * 11)
 
 
 def plot_shards(rows: Sequence[dict], out) -> object:
