@@ -175,7 +175,19 @@ def layer_densities(
             f"distribution must be one of {DISTRIBUTIONS}, a mapping of layer name to density or a "
             f"callable (shapes, density, names=, groups=) -> densities, got {distribution!r}"
         )
-    return _BY_NAME[distribution](shapes, density, groups=groups)
+    try:
+        return _BY_NAME[distribution](shapes, density, groups=groups)
+    except ValueError as error:
+        if names is None or "infeasible for this model" not in str(error):
+            raise
+        # Name the layer that limits the model: the one with the highest orthogonal floor.
+        layouts = _layouts(shapes, groups)
+        floors = [layout.floor / layout.block_size for layout in layouts]
+        tightest = int(np.argmax(floors))
+        raise ValueError(
+            f"{error}; the limiting layer is {names[tightest]!r} (shape {layouts[tightest].shape}, "
+            f"groups={layouts[tightest].groups}), whose floor is density {floors[tightest]:.6g}"
+        ) from None
 
 
 # --- Densities of pruning-at-init masks (SNIP, GraSP, SynFlow, ...) -------------------------------
