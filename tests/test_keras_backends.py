@@ -30,6 +30,14 @@ from eoi_core.kernels import kernel_layout
 BACKENDS = ("tensorflow", "jax", "torch")
 SCRIPT = Path(__file__).with_name("keras_dropin_check.py")
 TIMEOUT_S = 300
+# Three processes share the test machine's cores: one compute thread each
+# keeps them from oversubscribing it (the models are tiny).
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+}
 
 
 class _Runs:
@@ -39,7 +47,7 @@ class _Runs:
         self.outputs: dict[str, tuple[int, str]] = {}
         self.processes = {}
         for backend, workdir in workdirs.items():
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu", **ONE_THREAD)
             self.processes[backend] = subprocess.Popen(
                 [sys.executable, str(SCRIPT), str(workdir)],
                 stdout=subprocess.PIPE,

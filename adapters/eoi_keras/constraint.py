@@ -112,8 +112,9 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
         mask = self._masks[key]
         if mask is None:
             raise ValueError(
-                f"MaskConstraint{f' {key!r}' if key else ''} has no mask yet: it was made from a config and "
-                "its mask comes with the weights (load_model, load_weights)"
+                f"MaskConstraint{f' {key!r}' if key else ''} has no mask yet: it was made from a config "
+                "(load_model before its weights, keras.models.clone_model) and its mask comes with the weights; "
+                "load weights saved from the sparsified model, or sparsify this one"
             )
         return mask
 
