@@ -348,3 +348,25 @@ def test_sparsify_after_fit_masks_the_next_fit():
     for layer in model.layers:
         mask = eoi_keras.kernel_masks(model)[layer.name]
         assert not numpy(layer.kernel)[~mask].any()
+
+
+def test_conv_lstm_kernels_are_orthogonal_per_gate():
+    model = keras.Sequential([keras.Input((3, 6, 6, 2)), keras.layers.ConvLSTM2D(4, 3, padding="same")])
+    report = eoi_keras.sparsify(model, 0.3, "uniform", seed=0)
+    assert [row.groups for row in report] == [4, 4] and all("4 gates" in row.reason for row in report)
+    for kernel in eoi_keras.find_kernels(model):
+        kl = kernel_layout(tuple(kernel.variable.shape), "conv", groups=4)
+        weight = kl.to_canonical(numpy(kernel.variable).astype(np.float64))
+        assert eoi_core.orthogonality_error(weight, groups=4) <= 2e-6
+
+
+def test_a_clone_has_no_masks_until_sparsified_or_loaded():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8), keras.layers.Dense(2)])
+    eoi_keras.sparsify(model, 0.5, "uniform", seed=0)
+    clone = keras.models.clone_model(model)
+    assert eoi_keras.kernel_masks(clone) == {}
+    with pytest.raises(ValueError, match="no mask yet.*sparsify this one"):
+        clone.layers[0].kernel.constraint(clone.layers[0].kernel)
+    eoi_keras.sparsify(clone, 0.5, "uniform", seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(eoi_keras.kernel_masks(clone).values(),
+                                                     eoi_keras.kernel_masks(model).values()))

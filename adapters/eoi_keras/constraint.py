@@ -102,6 +102,11 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
         return dict(self._masks)
 
     @property
+    def loaded(self) -> bool:
+        """Whether every mask is there (a constraint made from a config gets them with the weights)."""
+        return all(mask is not None for mask in self._masks.values())
+
+    @property
     def mask(self) -> np.ndarray:
         """The mask of a single-mask constraint."""
         if len(self._masks) != 1:

@@ -364,11 +364,13 @@ def kernel_masks(model: keras.layers.Layer) -> dict[str, np.ndarray]:
     dict
         ``{key: bool ndarray}`` in Keras layout, keyed as in :func:`sparsify`'s
         report (``"dense"``, ``"mha/query"``, ``"lstm/lstm_cell.recurrent_kernel"``).
+        A constraint made from a config whose weights were never loaded
+        (``keras.models.clone_model``) holds no mask yet and is left out.
     """
     masks = {}
     for kernel in find_kernels(model):
         constraint = getattr(kernel.variable, "constraint", None)
-        if isinstance(constraint, MaskConstraint):
+        if isinstance(constraint, MaskConstraint) and constraint.loaded:
             mask = constraint.mask_for(kernel.variable)
             if mask is not None:
                 masks[kernel.key] = mask
