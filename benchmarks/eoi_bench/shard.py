@@ -214,8 +214,11 @@ def plot_shards(rows: Sequence[dict], out) -> object:
     left.set(xscale="log", yscale="log", xlabel="world size W", ylabel="per-rank CPU / single process",
              title="CPU per rank")
     right.set(xscale="log", yscale="log", xlabel="world size W", ylabel="MiB", title="peak memory per rank")
+    from matplotlib.ticker import NullFormatter
+
     for axis in (left, right):
         axis.set_xticks(worlds, [str(w) for w in worlds])
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7)
     figure.tight_layout()
