@@ -188,8 +188,10 @@ def sparsify(
         ``distribution`` is a mapping.
     distribution : {"erk", "er", "erdos_renyi", "uniform"}, mapping or callable
         How the density is spread over weights (:func:`eoi_core.distributions.layer_densities`;
-        no weight goes below its orthogonal floor); a mapping is keyed by
-        :attr:`LayerReport.name` (``"encoder.0.self_attn.in_proj_weight"``).
+        no weight goes below its orthogonal floor); a mapping is keyed by the
+        layer's qualified name, followed by ``.<parameter>`` for parameters
+        other than ``weight``, as the report's table prints it (``"encoder.0.linear1"``,
+        ``"encoder.0.self_attn.in_proj_weight"``, ``"lstm.weight_hh_l0"``).
     gain : float or callable, optional
         A positive number, or ``gain(module) -> float`` per layer.
     center_density : None, float or "sqrt", optional
