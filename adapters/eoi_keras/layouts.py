@@ -6,21 +6,21 @@ in, out)`` or a ``MultiHeadAttention`` query kernel ``(in, heads, head_dim)``.
 The layer decides, so this module maps each known layer type to its kernels
 and their :func:`eoi_core.kernels.kernel_layout` kinds:
 
-=====================================  ===================================  ===============================
-layer                                  parameter (constraint attribute)     layout, blocks
-=====================================  ===================================  ===============================
-``Dense``                              ``kernel``                           dense
-``EinsumDense``                        ``kernel``                           einsum (input axes x output)
-``MultiHeadAttention`` q/k/v/gate      ``kernel`` of the ``EinsumDense``    einsum, one block per head
-``MultiHeadAttention`` output          ``kernel`` of ``attention_output``   einsum, one block
-``Conv1D/2D/3D``                       ``kernel``                           conv, ``groups``
-``Conv1D/2D/3DTranspose``              ``kernel``                           conv_transpose
-``DepthwiseConv1D/2D``                 ``kernel`` (``depthwise_constraint``)  depthwise, one block per channel
-``SeparableConv1D/2D``                 ``depthwise_kernel``, ``pointwise``  depthwise; conv
-``SimpleRNNCell``                      ``kernel``, ``recurrent_kernel``     dense
-``LSTMCell`` / ``GRUCell``             ``kernel``, ``recurrent_kernel``     gates (4 / 3 blocks)
-``ConvLSTM1D/2D/3D`` cells             ``kernel``, ``recurrent_kernel``     conv, 4 gate blocks
-=====================================  ===================================  ===============================
+=================================  ==========================================  =================================
+layer                              parameter                                   layout, blocks
+=================================  ==========================================  =================================
+``Dense``                          ``kernel``                                  dense
+``EinsumDense``                    ``kernel``                                  einsum (input axes x output axes)
+``MultiHeadAttention`` q/k/v/gate  ``kernel`` of each ``EinsumDense``          einsum, one block per head
+``MultiHeadAttention`` output      ``kernel`` of ``attention_output``          einsum, one block
+``Conv1D/2D/3D``                   ``kernel``                                  conv, ``groups``
+``Conv1D/2D/3DTranspose``          ``kernel``                                  conv_transpose
+``DepthwiseConv1D/2D``             ``kernel``                                  depthwise, one block per channel
+``SeparableConv1D/2D``             ``depthwise_kernel``, ``pointwise_kernel``  depthwise; conv
+``SimpleRNNCell``                  ``kernel``, ``recurrent_kernel``            dense
+``LSTMCell`` / ``GRUCell``         ``kernel``, ``recurrent_kernel``            gates (4 / 3 blocks)
+``ConvLSTM1D/2D/3D`` cells         ``kernel``, ``recurrent_kernel``            conv, 4 gate blocks
+=================================  ==========================================  =================================
 
 Every other float weight of rank >= 2 (embeddings, LoRA factors, layers of
 unknown type) has no layout EOI can know; ``sparsify`` lists it as skipped.
@@ -39,6 +39,10 @@ from eoi_core.kernels import KernelLayout, kernel_layout
 __all__ = ["KernelSpec", "layer_specs", "spec_for_shape", "building_layer", "einsum_axes", "in_stateless_scope"]
 
 _L = keras.layers
+try:  # ConvLSTM*D's cell has no public name; its kernels are conv kernels with 4 gate blocks.
+    from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+except ImportError:  # pragma: no cover - another Keras layout of its sources
+    ConvLSTMCell = ()
 # Only the attention projections whose output axes are (heads, head_dim).
 _PER_HEAD = ("query", "key", "value", "gate")
 
@@ -155,8 +159,6 @@ def layer_specs(layer: Any, parent: Any = None) -> dict[str, KernelSpec]:
 
 
 def _gates(layer: Any) -> tuple[str, int] | None:
-    from keras.src.layers.rnn.conv_lstm import ConvLSTMCell  # no public name; its kernels are conv
-
     if isinstance(layer, _L.LSTMCell):
         return "gates", 4
     if isinstance(layer, _L.GRUCell):

@@ -115,12 +115,14 @@ def _shared_constraint(layer: Any, parent: Any) -> bool:
     return isinstance(parent, keras.layers.MultiHeadAttention) and isinstance(layer, keras.layers.EinsumDense)
 
 
-def _selector(value: Any) -> Any:
-    # A layer object is callable, so it would pass for a name predicate: use its path.
+def _selector(value: Any, names: dict[int, str]) -> Any:
+    # A layer object is callable, so it would pass for a name predicate: use its qualified name.
     if isinstance(value, keras.layers.Layer):
-        return value.path or value.name
+        if id(value) not in names:
+            raise ValueError(f"include/exclude holds the layer {value.name!r}, which is not in the model")
+        return names[id(value)]
     if isinstance(value, (list, tuple, set)):
-        return [_selector(item) for item in value]
+        return [_selector(item, names) for item in value]
     return value
 
 
@@ -265,11 +267,11 @@ def sparsify(
 
     make = schemes.get(scheme)
     seed = normalize_seed(seed)
-    include = _selector(_layers_alias(layers, include))
-    exclude = _selector(exclude)
-
     found = find_kernels(model)
     walked = list(_walk(model, None, set()))
+    names = {id(layer): name for layer, _, name in walked}
+    include = _selector(_layers_alias(layers, include), names)
+    exclude = _selector(exclude, names)
     parents = {id(layer): parent for layer, parent, _ in walked if parent is not None}
     candidates = [kernel for kernel in found if kernel.spec is not None]
     keys = [kernel.key for kernel in candidates]
