@@ -50,6 +50,33 @@ _HOOK_KEY = re.compile(r"^(?P<layer>(?:.*\.)?)" + _PREFIX + r"(?P<tensor>[^.]+)$
 _ARMED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+class _Scale:
+    """The bool ``mask`` as a tensor of the weight's dtype and device, cached.
+
+    Multiplying a float tensor by a bool one goes through type promotion,
+    several times slower than a same-dtype multiply (about 100 ms against
+    15 ms for a 4096 x 4096 float32 weight on two cores), so the masks are
+    applied as a 0/1 tensor of the weight's dtype: one extra weight-sized
+    tensor per masked weight, rebuilt when the mask changes in place
+    (``load_state_dict``), moves, or the weight's dtype changes.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    def __call__(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        key = (id(mask), mask._version, like.dtype, like.device)
+        if self.key != key:
+            with torch.no_grad():
+                self.value = mask.to(device=like.device, dtype=like.dtype)
+            self.key = key
+        return self.value
+
+    def __getstate__(self) -> dict:
+        return {"key": None, "value": None}  # rebuilt on use; never pickled with the model
+
+
 class EOIMask(nn.Module):
     """Parametrization ``weight = original * mask`` with a fixed boolean ``mask``.
 
@@ -67,10 +94,11 @@ class EOIMask(nn.Module):
         # `masked=True`: the weight being registered is already zero off the mask (sparsify wrote
         # it so), so registration need not multiply it again (a full pass over a large weight).
         self._registering_masked = masked
+        self._scale = _Scale()
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         # The multiply also masks the gradient, so `original` gets zero gradient off the mask.
-        return original * self.mask
+        return original * self._scale(self.mask, original)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.mask.shape)}, trainable={int(self.mask.sum())}"
@@ -92,11 +120,12 @@ class _GradMask:
 
         self.module = weakref.ref(module)
         self.buffer = buffer
+        self.scale = _Scale()
 
     def __call__(self, parameter: torch.Tensor) -> None:
         module = self.module()
         if module is not None and parameter.grad is not None:
-            parameter.grad.mul_(getattr(module, self.buffer))
+            parameter.grad.mul_(self.scale(getattr(module, self.buffer), parameter.grad))
 
 
 class _Arm:
@@ -238,12 +267,13 @@ def keep_masks(optimizer: torch.optim.Optimizer, model: nn.Module) -> Any:
     for _, module in model.named_modules():
         for name, buffer in module._buffers.items():
             if name.startswith(_PREFIX) and buffer is not None:
-                pairs.append((module, name[len(_PREFIX):], name))
+                pairs.append((module, name[len(_PREFIX):], name, _Scale()))
 
     def rezero(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         with torch.no_grad():
-            for module, name, buffer in pairs:
-                module._parameters[name].mul_(module._buffers[buffer])
+            for module, name, buffer, scale in pairs:
+                parameter = module._parameters[name]
+                parameter.mul_(scale(module._buffers[buffer], parameter))
 
     return optimizer.register_step_post_hook(rezero)
 
