@@ -25,6 +25,10 @@
     an ``Optimizer.register_step_post_hook`` that re-zeros them after each step.
     The hooks are re-armed by a forward pre-hook after ``copy.deepcopy`` or
     ``load_state_dict`` into a prepared model.
+
+Both modes store the mask as a bool buffer and multiply by a cached 0/1 copy
+in the weight's dtype (a float-by-bool multiply is several times slower): one
+extra weight-sized tensor per masked weight while training, never saved.
 """
 
 from __future__ import annotations
