@@ -9,7 +9,7 @@ name and digests that the parent compares across backends.
 
 The models are written the way Keras users write them: a transformer block
 (MultiHeadAttention + feed-forward), a MobileNet-style CNN (depthwise and
-separable convolutions) and an LSTM text classifier.  Each is sparsified,
+separable convolutions) and a (bidirectional) LSTM text classifier.  Each is sparsified,
 trained a few steps with masks exact and every orthogonal block checked, and
 saved and reloaded both ways (``model.save`` / ``load_model``, and
 ``save_weights`` / ``load_weights`` into a freshly built model, sparsified or not).
@@ -80,7 +80,7 @@ def text_classifier() -> keras.Model:
     return keras.Sequential([
         keras.Input((7,), dtype="int32"),
         keras.layers.Embedding(40, 8),
-        keras.layers.LSTM(8, return_sequences=True),
+        keras.layers.Bidirectional(keras.layers.LSTM(8, return_sequences=True)),
         keras.layers.GRU(6),
         keras.layers.Dense(2),
     ])
