@@ -22,6 +22,7 @@ tracing, before any callback is staged.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -36,7 +37,9 @@ from eoi_core.dtypes import DTYPES, resolve_dtype
 from eoi_core.kernels import KERNEL_LAYOUTS, KernelLayout, kernel_layout
 from eoi_core.layout import MAX_RANK
 
+from . import partitioning
 from .keys import key_words, seed_from_words
+from .shards import host_shard
 
 __all__ = ["eoi", "eoi_with_mask", "AmbiguousLayoutWarning"]
 
@@ -182,12 +185,12 @@ def _callback(words: np.ndarray, *, request: _Request) -> tuple[np.ndarray, np.n
     return host_eoi(seed_from_words(words), request)
 
 
-def _sharding(out_sharding: Any) -> jax.sharding.Sharding:
+def _sharding(out_sharding: Any, *, concrete: bool = True) -> jax.sharding.Sharding:
     if isinstance(out_sharding, jax.sharding.Sharding):
         return out_sharding
     if isinstance(out_sharding, jax.sharding.PartitionSpec):
-        mesh = jax.sharding.get_mesh()
-        if mesh is None or mesh.empty:
+        mesh = partitioning.context_mesh(concrete=concrete)
+        if mesh is None:
             raise ValueError(
                 f"out_sharding={out_sharding!r} is a PartitionSpec but no mesh is set; "
                 f"use jax.set_mesh(mesh) or pass a NamedSharding"
@@ -196,40 +199,127 @@ def _sharding(out_sharding: Any) -> jax.sharding.Sharding:
     raise TypeError(f"out_sharding must be None, a jax.sharding.Sharding or a PartitionSpec, got {out_sharding!r}")
 
 
-def _place(array: np.ndarray, out_sharding: Any) -> jax.Array:
-    """A host array as a JAX array, laid out across devices as ``out_sharding`` asks."""
-    if out_sharding is None:
-        return jnp.asarray(array)
-    sharding = _sharding(out_sharding)
-    # Each device receives only its slice of the host array.
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+def _index_key(index: Sequence[slice], shape: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    return tuple(item.indices(size)[:2] for item, size in zip(index, shape))
 
 
-def _constrain(array: jax.Array, out_sharding: Any) -> jax.Array:
-    if out_sharding is None:
+def _place(seed: int, request: _Request, sharding: jax.sharding.Sharding, mask: bool) -> tuple[jax.Array, Any]:
+    """Each addressable device's shard built on the host for that shard alone (``make_array_from_callback``)."""
+    shape = request.layout.shape
+    built: dict[tuple, tuple[np.ndarray, Any]] = {}  # replicas of one shard share one build
+
+    def weight_shard(index: Sequence[slice]) -> np.ndarray:
+        key = _index_key(index, shape)
+        if key not in built:
+            built[key] = host_shard(seed, request, index, mask=mask)
+        return built[key][0]
+
+    weight = jax.make_array_from_callback(shape, sharding, weight_shard)
+    if not mask:
+        return weight, None
+    masks = jax.make_array_from_callback(shape, sharding, lambda index: built[_index_key(index, shape)][1])
+    return weight, masks
+
+
+def _blocks(sharding: jax.sharding.NamedSharding, shape: Sequence[int]) -> tuple[tuple[tuple[str, ...], ...], tuple[int, ...]] | None:
+    """Per axis: the mesh axes splitting it and the block length; None when a split is uneven."""
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    names, local = [], []
+    for entry, size in zip(spec, shape):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        parts = math.prod(sharding.mesh.shape[axis] for axis in axes)
+        if size % parts:
+            return None  # no jax.Array has such a sharding; shard_map needs even blocks
+        names.append(axes)
+        local.append(size // parts)
+    return tuple(names), tuple(local)
+
+
+def _shard_callback(
+    words: np.ndarray, position: np.ndarray, *, request: _Request, local: tuple[int, ...], mask: bool
+) -> Any:
+    index = tuple(slice(int(p) * n, (int(p) + 1) * n) for p, n in zip(np.asarray(position).reshape(-1), local))
+    weight, shard_mask = host_shard(seed_from_words(words), request, index, mask=mask)
+    return (weight, shard_mask) if mask else weight
+
+
+def _stage_sharded(
+    words: jax.Array, request: _Request, sharding: jax.sharding.NamedSharding, mask: bool
+) -> tuple[jax.Array, Any] | None:
+    """Under ``jit``: a ``shard_map`` whose body calls back to the host for its own block only."""
+    blocks = _blocks(sharding, request.layout.shape)
+    if blocks is None:
+        return None
+    names, local = blocks
+    mesh = sharding.mesh
+
+    def body(words: jax.Array) -> Any:
+        position = []
+        for axes in names:  # row-major over the mesh axes of this dimension, as PartitionSpec means
+            place = jnp.int32(0)
+            for axis in axes:
+                place = place * mesh.shape[axis] + jax.lax.axis_index(axis)
+            position.append(place)
+        result = jax.ShapeDtypeStruct(local, request.dtype)
+        results = (result, jax.ShapeDtypeStruct(local, jnp.bool_)) if mask else result
+        callback = functools.partial(_shard_callback, request=request, local=local, mask=mask)
+        # Inside shard_map every device runs the callback for its own block, on its own host.
+        return jax.pure_callback(callback, results, words, jnp.stack(position), vmap_method="sequential")
+
+    spec = jax.sharding.PartitionSpec(*names)
+    out_specs = (spec, spec) if mask else spec
+    replicated = jax.sharding.PartitionSpec()
+    built = jax.shard_map(body, mesh=mesh, in_specs=replicated, out_specs=out_specs, check_vma=False)(words)
+    return built if mask else (built, None)
+
+
+def _constrain(array: jax.Array, sharding: Any) -> jax.Array:
+    if sharding is None:
         return array
-    sharding = _sharding(out_sharding)
     mesh = getattr(sharding, "mesh", None)
     if mesh is not None and mesh.are_all_axes_explicit:
         return jax.sharding.reshard(array, sharding)
     return jax.lax.with_sharding_constraint(array, sharding)
 
 
-def stage(key: Any, request: _Request, out_sharding: Any = None) -> tuple[jax.Array, jax.Array]:
-    """``(weight, mask)`` for ``key``: computed now for a concrete key, staged for a traced one."""
+def stage(key: Any, request: _Request, out_sharding: Any = None, *, mask: bool = True) -> tuple[jax.Array, Any]:
+    """``(weight, mask)`` for ``key``: computed now for a concrete key, staged for a traced one.
+
+    With a sharding over several devices, each device's shard is built alone
+    (:func:`eoi_jax.shards.host_shard`): eagerly in
+    ``jax.make_array_from_callback`` (only the addressable shards of this
+    process), under ``jit`` in a ``shard_map`` whose body calls back to the
+    host for its own block.  Under ``jit`` that needs a ``NamedSharding``
+    that splits every axis evenly (as every ``jax.Array``'s does); any other
+    sharding gets the whole weight from one callback, then a sharding
+    constraint.  ``mask=False`` returns
+    ``(weight, None)``.
+    """
     words = key_words(key)
-    if not isinstance(words, jax.core.Tracer):
-        weight, mask = host_eoi(seed_from_words(np.asarray(words)), request)
-        return _place(weight, out_sharding), _place(mask, out_sharding)
+    concrete = not isinstance(words, jax.core.Tracer)
+    sharding = None if out_sharding is None else _sharding(out_sharding, concrete=concrete)
+    several = sharding is not None and sharding.num_devices > 1
+    if concrete:
+        seed = seed_from_words(np.asarray(words))
+        if several:
+            return _place(seed, request, sharding, mask)
+        weight, weight_mask = host_eoi(seed, request)
+        if sharding is not None:
+            return jax.device_put(weight, sharding), (jax.device_put(weight_mask, sharding) if mask else None)
+        return jnp.asarray(weight), (jnp.asarray(weight_mask) if mask else None)
+    if several and isinstance(sharding, jax.sharding.NamedSharding):
+        built = _stage_sharded(words, request, sharding, mask)
+        if built is not None:
+            return built
     shape = request.layout.shape
     result = (jax.ShapeDtypeStruct(shape, request.dtype), jax.ShapeDtypeStruct(shape, jnp.bool_))
     # "sequential": under jax.vmap over keys (nn.vmap, nn.scan with split
     # params rngs) the core runs once per key, so a batched init equals the
     # stack of single inits.
-    weight, mask = jax.pure_callback(
+    weight, weight_mask = jax.pure_callback(
         functools.partial(_callback, request=request), result, words, vmap_method="sequential"
     )
-    return _constrain(weight, out_sharding), _constrain(mask, out_sharding)
+    return _constrain(weight, sharding), (_constrain(weight_mask, sharding) if mask else None)
 
 
 def eoi(
@@ -338,7 +428,12 @@ def eoi(
     def init(key: Any, shape: Sequence[int], dtype: Any = default_dtype, out_sharding: Any = None) -> jax.Array:
         kernel = resolve_layout(shape, layout, groups=groups, gates=gates, in_axes=in_axes)
         request = _request(kernel, density, gain, center_density, dtype)
-        weight, _ = stage(key, request, out_sharding)
+        if out_sharding is None:
+            # Flax's partitioning wrappers shard the result after this returns:
+            # read their annotation now, so that each device builds its shard.
+            traced = isinstance(key_words(key), jax.core.Tracer)
+            out_sharding = partitioning.requested(partitioning.caller(1), concrete=not traced)
+        weight, _ = stage(key, request, out_sharding, mask=False)
         return weight
 
     return init

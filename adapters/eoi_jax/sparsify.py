@@ -31,7 +31,8 @@ from eoi_core.report import LayerReport, SparsifyReport
 from eoi_core.selection import select
 
 from .discover import Rule, linen_modules, module_rule, name_rule, nnx_modules
-from .initializers import _is_eoi, _request, stage
+from . import partitioning
+from .initializers import _constrain, _is_eoi, _request, stage
 from .keys import key_words
 
 __all__ = ["sparsify", "Sparsified", "VERIFY"]
@@ -286,6 +287,14 @@ def sparsify(
     arrays (shapes, layouts and densities are static; the report is built
     while tracing and has no orthogonality column).
 
+    Shardings: every kernel and mask keeps its input's sharding, and each
+    device's shard is built alone (:mod:`eoi_jax.shards`): eagerly from the
+    array's ``.sharding``; under ``jit`` from the traced array's type (mesh
+    axes of type ``Explicit``) or from its box (``nn.Partitioned``,
+    ``nn.LogicallyPartitioned``, an ``nnx.Variable`` with ``out_sharding``)
+    under ``jax.set_mesh``.  A plain array traced over ``Auto`` axes carries
+    no sharding while tracing: give ``jax.jit`` its ``out_shardings``.
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -385,7 +394,9 @@ def sparsify(
 
     # Generate everything before writing anything: an error leaves a module untouched.
     new_values = list(values)
-    masks = [jnp.ones(np.shape(value), dtype=jnp.bool_) for value in values]
+    # Every output keeps its input's sharding; each device builds its own shard.
+    shardings = [partitioning.of_value(leaf, value) for (_, leaf), value in zip(leaves, values)]
+    masks = [_ones(value, sharding) for value, sharding in zip(values, shardings)]
     for layer, index in enumerate(chosen):
         name, layout, rule = rows[index]
         try:
@@ -399,7 +410,7 @@ def sparsify(
             )
         except (TypeError, ValueError) as error:
             raise type(error)(f"layer {name!r}: {error}") from error
-        new_values[index], masks[index] = stage(jax.random.fold_in(key, layer), request)
+        new_values[index], masks[index] = stage(jax.random.fold_in(key, layer), request, shardings[index])
         rows[index] = _row(name, rule, layout, request, new_values[index], masks[index], verify)
 
     replaced = set(chosen)
@@ -410,6 +421,15 @@ def sparsify(
         nnx.update(module, result_params)
         result_params = module
     return Sparsified(result_params, result_masks, SparsifyReport([row for row in rows if row is not None]))
+
+
+def _ones(value: Any, sharding: Any) -> jax.Array:
+    """An all-True mask of ``value``'s shape, laid out as ``sharding`` (None: default placement)."""
+    if sharding is None:
+        return jnp.ones(np.shape(value), dtype=jnp.bool_)
+    if _concrete(value):
+        return jnp.ones(np.shape(value), dtype=jnp.bool_, device=sharding)
+    return _constrain(jnp.ones(np.shape(value), dtype=jnp.bool_), sharding)
 
 
 def _concrete(array: Any) -> bool:
