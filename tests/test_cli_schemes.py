@@ -22,10 +22,10 @@ def run_cli(*argv) -> int:
 
 def test_sparse_training_tiny_run_writes_table_json_and_plots(tmp_path, capsys):
     schemes = ["uniform/base", "erk/ai", "snip/eoi", "grasp/base", "synflow/ai", "sao"]
-    assert run_cli("bench", "sparse-training", "--quick", "--models", "vanilla", "--datasets", "mnist1d",
+    assert run_cli("bench", "sparse-training", "--quick", "--models", "resnet", "--datasets", "digits",
                    "--depths", "--epochs", "1", "--schemes", *schemes, "--no-progress", "--out", tmp_path) == 0
     printed = capsys.readouterr().out
-    assert "mnist1d vanilla" in printed and "Mean rank" in printed
+    assert "digits resnet" in printed and "Mean rank" in printed
     result = json.loads((tmp_path / "sparse_training.json").read_text())
     assert [run["scheme"] for run in result["runs"]] == schemes
     for run in result["runs"]:

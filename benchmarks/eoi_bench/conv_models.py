@@ -22,7 +22,10 @@ A *scheme* is ``(source, init)``: ``source`` gives the per-layer densities
 ``grasp``, ``synflow``) and ``init`` the values (``base``: the source's own
 mask on the dense default init, Kaiming normal with the model's gain; ``ai``:
 approximate isometry; ``eoi``), plus ``sao`` on its own (each layer at the
-feasible SAO density nearest to the uniform one).  Every weight of every
+feasible SAO density nearest to the uniform one; SAO cannot reach low densities on
+layers such as a wide classifier head, so its model-wide density is higher than the
+target) and ``sao/eoi``: EOI at exactly SAO's per-layer densities, the like-for-like
+comparison with SAO.  Every weight of every
 ``Conv``/``Linear`` layer is sparse and keeps its mask through training via
 ``torch.nn.utils.parametrize`` (:class:`eoi_torch.EOIMask`).
 """
@@ -53,7 +56,7 @@ __all__ = ["SOURCES", "INITS", "SCHEME_NAMES", "MODELS", "DATASETS", "ConvData",
 
 SOURCES = ("uniform", "erk", "snip", "grasp", "synflow")
 INITS = ("base", "ai", "eoi")
-SCHEME_NAMES = tuple(f"{source}/{init}" for source in SOURCES for init in INITS) + ("sao",)
+SCHEME_NAMES = tuple(f"{source}/{init}" for source in SOURCES for init in INITS) + ("sao", "sao/eoi")
 MODELS = ("vanilla", "resnet")
 DATASETS = ("mnist1d", "digits")
 
@@ -216,11 +219,11 @@ def initialise(model: nn.Module, scheme: str, density: float, data: ConvData, *,
     gain, bias_std = model.gain, model.bias_std
     _dense_init(model, gain, bias_std)
     layers = _layers(model)
-    if scheme == "sao":
+    if scheme in ("sao", "sao/eoi"):
         shapes = [tuple(m.weight.shape) for _, m in layers]
         targets = layer_densities("uniform", shapes, density)
         densities = [nearest_density(shape, d) for shape, d in zip(shapes, targets)]
-        function = core_schemes.get("sao")
+        function = core_schemes.get("sao" if scheme == "sao" else "eoi")
         center = None
     else:
         source, init = scheme.split("/")

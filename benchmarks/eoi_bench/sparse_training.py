@@ -84,7 +84,7 @@ QUICK = [
 ]
 FULL_DEPTHS = (4, 24)
 #: The schemes of the depth sweep (the full grid costs too much on a CPU at depth 24).
-SWEEP_SCHEMES = ("uniform/base", "uniform/ai", "uniform/eoi", "erk/eoi", "synflow/base", "synflow/eoi", "sao")
+SWEEP_SCHEMES = ("uniform/base", "uniform/ai", "uniform/eoi", "erk/eoi", "synflow/base", "synflow/eoi", "sao", "sao/eoi")
 QUICK_DEPTHS = (3,)
 
 
@@ -157,7 +157,8 @@ def _pm(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def _table(runs: list[Run], schemes: Sequence[str], densities: Sequence[float], depth: int,
            dataset: str, model: str) -> str:
-    headers = ["scheme"] + [f"acc % d={d:g}" for d in densities] + [f"loss d={d:g}" for d in densities]
+    headers = (["scheme"] + [f"acc % d={d:g}" for d in densities] + [f"loss d={d:g}" for d in densities]
+               + ["density used"])
     rows = []
     for scheme in schemes:
         row = [scheme]
@@ -165,6 +166,9 @@ def _table(runs: list[Run], schemes: Sequence[str], densities: Sequence[float], 
                       and r.dataset == dataset and r.model == model] for d in densities}
         row += [_pm([r.test_accuracy for r in chosen[d]], 100.0) if chosen[d] else "-" for d in densities]
         row += [_pm([r.final_loss for r in chosen[d]], 1.0, 3) if chosen[d] else "-" for d in densities]
+        # The realised model-wide density: the target, except where a scheme cannot build it (SAO).
+        row.append(" / ".join(f"{np.mean([r.realised_density for r in chosen[d]]):.3g}" if chosen[d] else "-"
+                              for d in densities))
         rows.append(row)
     return report.markdown_table(headers, rows)
 
@@ -189,13 +193,14 @@ def _plot(runs: list[Run], settings: Sequence[Setting], schemes: Sequence[str], 
     plt = report.pyplot()
     paths = []
     colours = {"base": "tab:gray", "ai": "tab:orange", "eoi": "tab:blue"}
-    styles = {"uniform": "-", "erk": "--", "snip": ":", "grasp": "-.", "synflow": (0, (5, 1))}
+    styles = {"uniform": "-", "erk": "--", "snip": ":", "grasp": "-.", "synflow": (0, (5, 1)), "sao": "-"}
 
     def style(scheme: str) -> dict:
         if scheme == "sao":
             return {"color": "tab:green", "linestyle": "-", "marker": "s"}
         source, init = scheme.split("/")
-        return {"color": colours[init], "linestyle": styles[source], "marker": "o" if init == "eoi" else "."}
+        return {"color": colours[init], "linestyle": styles[source],
+                "marker": "s" if source == "sao" else "o" if init == "eoi" else "."}
 
     figure, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), squeeze=False)
     for axis, setting in zip(axes[0], settings):
