@@ -17,7 +17,9 @@ expected_density       the exact Markov-chain law of the density after ``t`` rot
 rotations_for_density  the smallest ``t`` whose expected density reaches a target
 min_density            the orthogonal floor of a shape
 orthogonality_error    max deviation of a weight from exact (semi-)orthogonality
-distributions          per-layer densities for a whole model (uniform, ER, ERK)
+distributions          per-layer densities for a whole model (uniform, ER, ERK, from PaI scores)
+schemes                EOI, SAO, AI and random sparse Kaiming behind one signature (registry, get)
+sao                    Sparsity-Aware Orthogonal init and the densities it can build
 layout                 canonical <-> channels-last layouts, the mask rounding rule
 kernels                channels-last kernel layouts (dense, conv, depthwise, gates, einsum)
 report                 LayerReport / SparsifyReport, what every adapter's sparsify returns
@@ -25,7 +27,7 @@ selection              include/exclude layer selection by name, shared by the ad
 checks                 argument checks every entry point and adapter uses
 """
 
-from . import distributions, kernels, layout, report, selection
+from . import distributions, kernels, layout, report, sao, schemes, selection
 from .api import givens_compose, orthogonality_error, sparse_orthogonal, validate
 from .checks import ENGINES
 from .layout import mask_count, min_density
@@ -45,6 +47,8 @@ __all__ = [
     "LayerReport",
     "SparsifyReport",
     "report",
+    "sao",
+    "schemes",
     "selection",
     "set_num_threads",
     "shard_bounds",
