@@ -99,17 +99,15 @@ import os, sys
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={devices}"
 import jax, jax.numpy as jnp, numpy as np
-import flax.linen as nn
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 import eoi_core, eoi_jax
 
-BUILT = []  # (canonical shape, rectangle size) of every host build
+BUILT = []  # (canonical shape, rectangle size, rectangle) of every host build
 _shard = eoi_core.sparse_orthogonal_shard
 
 def spy(shape, density, index, **options):
     weight, mask = _shard(shape, density, index, **options)
-    BUILT.append((tuple(shape), weight.size))
+    BUILT.append((tuple(shape), weight.size, tuple((s.start, s.stop) for s in index)))
     return weight, mask
 
 eoi_core.sparse_orthogonal_shard = spy
@@ -122,6 +120,7 @@ def same_shards(array, whole, spec):
 
 MESH_8 = textwrap.dedent(
     """
+    import flax.linen as nn
     mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
     class Net(nn.Module):
@@ -152,7 +151,7 @@ MESH_8 = textwrap.dedent(
     # one host build per device and kernel, each of the device's shard only
     kernels = {(32, 16, 3, 3): 3 * 3 * 16 * 32 // 4, (64, 1, 3, 3): 3 * 3 * 64 // 8}
     assert len(BUILT) == 8 * 4, BUILT
-    for shape, size in BUILT:
+    for shape, size, _ in BUILT:
         full = int(np.prod(shape))
         assert size == (kernels[shape] if shape in kernels else full // 8), (shape, size)
 
@@ -172,13 +171,13 @@ MESH_8 = textwrap.dedent(
         same_shards(w, ref_w, spec); same_shards(m, ref_m, spec)
         # eagerly: one build per distinct shard (replicas share it), each of the shard only
         assert len(BUILT) == len({str(s.index) for s in w.addressable_shards}), (layout, BUILT)
-        assert all(size == np.prod(local) for _, size in BUILT), (layout, local, BUILT)
+        assert all(size == np.prod(local) for _, size, _ in BUILT), (layout, local, BUILT)
         BUILT.clear()
         fn = jax.jit(lambda k: eoi_jax.eoi_with_mask(k, shape, 0.3, layout=layout, out_sharding=sharding, **options))
         w, m = jax.block_until_ready(fn(jax.random.key(5)))
         same_shards(w, ref_w, spec); same_shards(m, ref_m, spec)
         # under jit: one callback per device, each of its shard only
-        assert len(BUILT) == 8 and all(size == np.prod(local) for _, size in BUILT), (layout, local, BUILT)
+        assert len(BUILT) == 8 and all(size == np.prod(local) for _, size, _ in BUILT), (layout, local, BUILT)
         init = jax.jit(lambda k: eoi_jax.eoi(0.3, layout=layout, **options)(k, shape, out_sharding=sharding))
         same_shards(jax.block_until_ready(init(jax.random.key(5))), ref_w, spec)
 
@@ -196,11 +195,12 @@ MESH_8 = textwrap.dedent(
 
 MESH_4 = textwrap.dedent(
     """
+    from flax import nnx
     mesh = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
     spec = P(None, "x")
     with jax.set_mesh(mesh):
         eager = nnx.Linear(16, 32, kernel_init=nnx.with_partitioning(eoi_jax.eoi(0.2), spec), rngs=nnx.Rngs(params=7))
-        assert BUILT == [((32, 16), 16 * 8)] * 4, BUILT
+        assert [(shape, size) for shape, size, _ in BUILT] == [((32, 16), 16 * 8)] * 4, BUILT
         traced = nnx.jit(lambda: nnx.Linear(16, 32, kernel_init=nnx.with_partitioning(eoi_jax.eoi(0.2), spec),
                                             rngs=nnx.Rngs(params=7)))()
     whole = nnx.Linear(16, 32, kernel_init=eoi_jax.eoi(0.2), rngs=nnx.Rngs(params=7)).kernel[...]
@@ -230,6 +230,52 @@ MESH_4 = textwrap.dedent(
     print("ok")
     """
 )
+
+
+PROCESS = textwrap.dedent(
+    """
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id={process})
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))  # 2 devices per process
+    sharding = NamedSharding(mesh, P(None, "x"))
+    whole = eoi_core.sparse_orthogonal((32, 16), 0.25, rng=3)[0].T
+    init = eoi_jax.eoi(0.25)
+    for kernel in (init(jax.random.key(3), (16, 32), out_sharding=sharding),
+                   jax.jit(lambda k: init(k, (16, 32), out_sharding=sharding))(jax.random.key(3))):
+        same_shards(kernel, whole, P(None, "x"))
+    print(sorted(rectangle for _, _, rectangle in BUILT))
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_each_process_builds_only_its_addressable_shards():
+    # Two processes of two CPU devices each share one 4-device mesh.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "EOI_NUM_THREADS": "1"}
+    port = _free_port()
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRELUDE.format(devices=2) + PROCESS.replace("{port}", str(port)).replace(
+                "{process}", str(process))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for process in range(2)
+    ]
+    outputs = [run.communicate(timeout=180) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-4000:]
+        assert REMAT not in err
+    # canonical (out, in) = (32, 16): process 0 owns Flax columns 0..15, process 1 columns 16..31,
+    # eagerly and under jit alike; no process builds a row of the other's shards.
+    built = [eval(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert built[0] == [((0, 8), (0, 16))] * 2 + [((8, 16), (0, 16))] * 2
+    assert built[1] == [((16, 24), (0, 16))] * 2 + [((24, 32), (0, 16))] * 2
 
 
 def _run(script: str, devices: int) -> subprocess.CompletedProcess:
