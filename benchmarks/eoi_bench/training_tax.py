@@ -8,12 +8,15 @@ gradient masked after backward, no forward overhead) and ``hook`` with
 too).  A training step is forward, MSE backward and an AdamW step; inference
 is a forward under ``torch.no_grad()``, for ``parametrize`` also inside
 ``torch.nn.utils.parametrize.cached()`` (each masked weight computed once per
-block).  Cells are medians over steps after warm-up; ratios are over dense.
+block).  The modes are stepped round-robin (one step of each in turn), so a
+change in machine load hits all of them alike; cells are medians over rounds
+after warm-up, ratios are over dense.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -33,15 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(threads=2)
 
 
-def _median(function: Callable[[], object], steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved(functions: dict[str, Callable[[], object]], steps: int, warmup: int = 2) -> dict[str, float]:
+    """Median time of each function, called round-robin so that load changes hit every one alike."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for round_ in range(warmup + steps):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _build(mode: str, layers: int, width: int):
@@ -73,28 +77,29 @@ def run(args: argparse.Namespace) -> dict:
     for batch in batches:
         inputs = torch.randn(batch, width)
         targets = torch.randn(batch, width)
-        cells = {}
-        for mode in MODES:
-            model, optimizer = _build(mode, args.layers, width)
+        built = {mode: _build(mode, args.layers, width) for mode in MODES}
 
-            def step():
+        def step(model, optimizer):
+            def run_step():
                 optimizer.zero_grad(set_to_none=True)
                 torch.nn.functional.mse_loss(model(inputs), targets).backward()
                 optimizer.step()
+            return run_step
 
-            def forward():
-                with torch.no_grad():
+        def forward(model, cached=False):
+            def run_forward():
+                with torch.no_grad(), (parametrize.cached() if cached else contextlib.nullcontext()):
                     model(inputs)
+            return run_forward
 
-            def cached_forward():
-                with torch.no_grad(), parametrize.cached():
-                    model(inputs)
-
-            cells[mode] = {"step": _median(step, steps), "forward": _median(forward, steps)}
-            if mode == "parametrize":
-                cells[mode]["cached forward"] = _median(cached_forward, steps)
-            del model, optimizer
-            print(f"  batch {batch}, {mode}: done", file=sys.stderr)
+        steps_timed = _interleaved({mode: step(*built[mode]) for mode in MODES}, steps)
+        forwards = {mode: forward(built[mode][0]) for mode in MODES}
+        forwards["parametrize cached"] = forward(built["parametrize"][0], cached=True)
+        forwards_timed = _interleaved(forwards, steps)
+        cells = {mode: {"step": steps_timed[mode], "forward": forwards_timed[mode]} for mode in MODES}
+        cells["parametrize"]["cached forward"] = forwards_timed["parametrize cached"]
+        del built
+        print(f"  batch {batch}: done", file=sys.stderr)
         dense = cells["dense"]
         for mode in MODES:
             cell = cells[mode]
