@@ -10,6 +10,7 @@ built.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -312,3 +313,14 @@ def test_the_jax_mesh_recipe_runs():
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert REMAT not in done.stderr, done.stderr[-3000:]
+
+
+def test_bench_jax_shard_quick(tmp_path):
+    from eoi_core.cli import main
+
+    assert main(["bench", "jax-shard", "--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "jax_shard.json").read_text())["rows"]
+    assert {row["layout"] for row in rows} == {"dense", "conv"} and (tmp_path / "jax_shard.png").exists()
+    dense = next(row for row in rows if row["layout"] == "dense")
+    # a device's build needs about a quarter of the whole kernel's memory (W = 4), never more
+    assert dense["shard_peak_bytes"] < 0.5 * dense["whole_peak_bytes"]

@@ -26,4 +26,5 @@ BENCHMARKS = {
     "scheme-speed": "Time per layer of EOI, SAO and approximate isometry across sizes and densities (App. B)",
     "model-init": "Whole-model sparsify against torch's default init and a loop of eoi_: time and peak memory",
     "training-tax": "Step and forward time of a sparsified MLP over dense, per masking mode (parametrize, hook)",
+    "jax-shard": "eoi_jax sharded init: host memory and time per device shard against the whole kernel, per layout",
 }
