@@ -156,6 +156,15 @@ MESH_8 = textwrap.dedent(
         full = int(np.prod(shape))
         assert size == (kernels[shape] if shape in kernels else full // 8), (shape, size)
 
+    # sparsify under jit reads the boxes (Auto axes: the traced arrays carry no sharding)
+    reference = eoi_jax.sparsify(whole["params"], 0.2, jax.random.key(9), model=model, inputs=(x,))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        redone = jax.jit(lambda p, k: eoi_jax.sparsify(p, 0.2, k, model=model, inputs=(x,)))(
+            sharded["params"], jax.random.key(9))
+    for name, spec in specs.items():
+        same_shards(nn.unbox(redone.params)[name]["kernel"], reference.params[name]["kernel"], spec)
+        same_shards(redone.masks[name]["kernel"], reference.masks[name]["kernel"], spec)
+
     # every layout, eagerly and under jit, with and without the mask
     cases = [((64, 32), "dense", {}, P("x", "y")), ((16, 64), "gates", {"gates": 4}, P("y", "x")),
              ((3, 3, 8, 16), "conv", {}, P(None, None, "y", "x")),
@@ -228,6 +237,30 @@ MESH_4 = textwrap.dedent(
         result = nnx.jit(lambda m, k: eoi_jax.sparsify(m, 0.3, k))(module, jax.random.key(4))
     same_shards(module.kernel[...], plain.kernel[...], spec)
     same_shards(result.masks["kernel"][...], expected.masks["kernel"][...], spec)
+
+    # nn.scan over layers: the per-layer init is vmapped over keys, shard_map and all
+    import flax.linen as nn
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return nn.Dense(32, kernel_init=nn.with_partitioning(eoi_jax.eoi(0.25), (None, "x")))(x), None
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=3,
+                           metadata_params={nn.PARTITION_NAME: None})()(x, None)[0]
+
+    auto = jax.make_mesh((4,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
+    stack, x = Stack(), jnp.ones((2, 32))
+    whole = nn.unbox(jax.jit(stack.init)(jax.random.key(0), x))["params"]["ScanLayer_0"]["Dense_0"]["kernel"]
+    BUILT.clear()
+    with jax.set_mesh(auto):
+        abstract = jax.eval_shape(stack.init, jax.random.key(0), x)
+        scanned = jax.jit(stack.init, out_shardings=nn.get_sharding(abstract, auto))(jax.random.key(0), x)
+    same_shards(nn.unbox(scanned)["params"]["ScanLayer_0"]["Dense_0"]["kernel"], whole, P(None, None, "x"))
+    assert len(BUILT) == 3 * 4 and all(size == 32 * 8 for _, size, _ in BUILT), BUILT
     print("ok")
     """
 )

@@ -16,6 +16,10 @@ Sparsified     what sparsify returns: unpacks as ``(params, masks)``, carries th
 keep_masked    optax transformation keeping masked-out entries exactly zero
 key_seed       the integer seed the core receives for a concrete key
 AmbiguousLayoutWarning  a rank >= 3 kernel read as a conv without ``layout=``
+
+On a mesh, each device builds only its shard of a kernel, bit-identical to the
+unsharded one (``out_sharding=``, Flax's partitioning annotations, and the
+shardings ``sparsify`` is given; see :mod:`eoi_jax.shards`).
 """
 
 from .initializers import AmbiguousLayoutWarning, eoi, eoi_with_mask

@@ -9,14 +9,21 @@ and back); this module turns the key into the core's seed
 (:mod:`eoi_jax.keys`) and calls the core on the host:
 
 * with a concrete key (eager code, e.g. ``nnx.Linear(..., rngs=nnx.Rngs(0))``)
-  directly, so the result is an ordinary array that can be placed with any
-  sharding (``out_sharding``, ``nnx.with_partitioning`` under ``jax.set_mesh``);
+  directly;
 * with a traced key (``jax.jit(model.init)``) through :func:`jax.pure_callback`.
 
 Both run the same host function, so the weight is the core's, bit for bit,
 inside and outside ``jit``.  Everything that can be wrong (shape, layout,
 density, feasibility, groups, dtype) is static in JAX and checked while
 tracing, before any callback is staged.
+
+Sharded kernels (``out_sharding=``, or ``nn.with_partitioning`` /
+``nn.with_logical_partitioning`` / ``nnx.with_partitioning`` around the
+initializer under a mesh, read by :mod:`eoi_jax.partitioning`) are built shard
+by shard, each on the host of its device (:mod:`eoi_jax.shards`): eagerly in
+:func:`jax.make_array_from_callback`, under ``jit`` by one callback per device
+inside :func:`jax.shard_map`.  The shards are the slices of the unsharded
+kernel, bit for bit.
 """
 
 from __future__ import annotations
@@ -394,7 +401,11 @@ def eoi(
         Deterministic in ``key`` (see :func:`eoi_jax.key_seed`); works
         inside ``jax.jit`` and ``jax.vmap`` with the same values as outside.
         ``out_sharding`` (a ``Sharding``, or a ``PartitionSpec`` under
-        ``jax.set_mesh``) lays the result out across devices.
+        ``jax.set_mesh``) lays the result out across devices, each device
+        building only its shard; without it, the annotation of a Flax
+        partitioning wrapper around ``init`` (``nn.with_partitioning``,
+        ``nn.with_logical_partitioning``, ``nnx.with_partitioning``) is used
+        when a mesh is set.
 
     Raises
     ------
