@@ -158,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     if not sys.platform.startswith("linux"):
         raise SystemExit("eoi bench jax-shard reads /proc: Linux only")
+    import eoi_jax  # noqa: F401  (the child needs it: a missing extra is reported here, as usual)
+
     world = args.world or (4 if args.quick else 8)
     kernels = KERNELS["quick" if args.quick else "full"]
     rows = _child(kernels, args.density, world)
