@@ -292,29 +292,30 @@ def _constrain(array: jax.Array, sharding: Any) -> jax.Array:
 def stage(key: Any, request: _Request, out_sharding: Any = None, *, mask: bool = True) -> tuple[jax.Array, Any]:
     """``(weight, mask)`` for ``key``: computed now for a concrete key, staged for a traced one.
 
-    With a sharding over several devices, each device's shard is built alone
-    (:func:`eoi_jax.shards.host_shard`): eagerly in
+    With an EOI request and a sharding over several devices, each device's
+    shard is built alone (:func:`eoi_jax.shards.host_shard`): eagerly in
     ``jax.make_array_from_callback`` (only the addressable shards of this
     process), under ``jit`` in a ``shard_map`` whose body calls back to the
     host for its own block.  Under ``jit`` that needs a ``NamedSharding``
-    that splits every axis evenly (as every ``jax.Array``'s does); any other
-    sharding gets the whole weight from one callback, then a sharding
-    constraint.  ``mask=False`` returns
-    ``(weight, None)``.
+    that splits every axis evenly (as every ``jax.Array``'s does).  Other
+    shardings, and schemes without a shard function, get the whole weight
+    once (eagerly sliced per device; under ``jit`` one callback, then a
+    sharding constraint).  ``mask=False`` returns ``(weight, None)``.
     """
     words = key_words(key)
     concrete = not isinstance(words, jax.core.Tracer)
     sharding = None if out_sharding is None else _sharding(out_sharding, concrete=concrete)
     several = sharding is not None and sharding.num_devices > 1
+    per_shard = several and _is_eoi(request.scheme)
     if concrete:
         seed = seed_from_words(np.asarray(words))
-        if several:
+        if per_shard:
             return _place(seed, request, sharding, mask)
         weight, weight_mask = host_eoi(seed, request)
-        if sharding is not None:
-            return jax.device_put(weight, sharding), (jax.device_put(weight_mask, sharding) if mask else None)
-        return jnp.asarray(weight), (jnp.asarray(weight_mask) if mask else None)
-    if several and isinstance(sharding, jax.sharding.NamedSharding):
+        if sharding is None:
+            return jnp.asarray(weight), (jnp.asarray(weight_mask) if mask else None)
+        return _slices(weight, sharding), (_slices(weight_mask, sharding) if mask else None)
+    if per_shard and isinstance(sharding, jax.sharding.NamedSharding):
         built = _stage_sharded(words, request, sharding, mask)
         if built is not None:
             return built
@@ -327,6 +328,11 @@ def stage(key: Any, request: _Request, out_sharding: Any = None, *, mask: bool =
         functools.partial(_callback, request=request), result, words, vmap_method="sequential"
     )
     return _constrain(weight, sharding), (_constrain(weight_mask, sharding) if mask else None)
+
+
+def _slices(array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array laid out as ``sharding``: each device receives only its slice."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def eoi(

@@ -26,8 +26,9 @@ covering rectangle spans the first to the last of them.  Splitting a
 trailing axis (``head_dim`` with ``heads`` whole, say) makes that rectangle
 nearly the whole side: correct, but no saving.
 
-Schemes other than EOI have no shard function; their shards are sliced from
-the whole weight (:func:`host_shard` says so by building it).
+Schemes other than EOI have no shard function: :func:`host_shard` cuts their
+shard from the whole weight, and :func:`eoi_jax.initializers.stage` builds
+that whole weight once for all devices rather than once per shard.
 """
 
 from __future__ import annotations
