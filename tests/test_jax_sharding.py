@@ -230,6 +230,13 @@ MESH_4 = textwrap.dedent(
                     jax.jit(lambda p, k: eoi_jax.sparsify(p, 0.3, k))(placed, jax.random.key(1))):
             jax.tree.map(same_shards, out[0], ref, specs)
             jax.tree.map(same_shards, out[1], ref_masks, specs)
+        # a scheme without a shard function: built once, then sliced per device
+        BUILT.clear()
+        sao = eoi_jax.sparsify(placed, 0.25, jax.random.key(1), scheme="sao", distribution="uniform")
+        jax.tree.map(same_shards, tuple(sao), tuple(eoi_jax.sparsify(params, 0.25, jax.random.key(1), scheme="sao",
+                                                                     distribution="uniform")),
+                     (specs, specs))
+        assert BUILT == []
         module = nnx.Linear(16, 32, kernel_init=nnx.with_partitioning(nnx.initializers.zeros, spec),
                             rngs=nnx.Rngs(0))
         plain = nnx.Linear(16, 32, rngs=nnx.Rngs(0))
