@@ -45,8 +45,10 @@ class LayerReport:
     gain : float or None
         The gain ``g`` the weight was initialised with (``None`` when skipped).
     orthogonality_error : float or None
-        ``max |H^T H - g^2 I|`` over the orthogonal blocks of the weight as
-        stored, or ``None`` when it was not computed.
+        ``max |H^T H - g^2 I| / g^2`` over the orthogonal blocks of the weight
+        as stored (relative to the gain, so it is at the rounding level of the
+        weight's dtype), estimated or exact as the adapter's ``verify`` says
+        (:mod:`eoi_core.verify`), or ``None`` when it was not computed.
     status : {"sparsified", "skipped"}
         Whether the adapter initialised this weight.
     reason : str

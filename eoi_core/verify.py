@@ -11,8 +11,8 @@ two matrix-vector products per probe, batched over the blocks: ``O(P *
 size)``, never a Gram matrix.  A deviation from ``H^T H = g^2 I`` shows up
 in a random probe with probability one.  ``verify="exact"`` forms the Gram
 matrices (:func:`eoi_core.orthogonality_error`, ``O(n^3)``); ``verify=None``
-reports nothing.  Adapters whose weights are NumPy arrays when they are
-written (Keras, JAX) use this module; PyTorch probes on the device.
+reports nothing.  Every adapter's report uses this module (PyTorch,
+Keras and JAX all write weights generated as NumPy arrays).
 """
 
 from __future__ import annotations

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eoi_core import mask_count, orthogonality_error, schemes
+from eoi_core import mask_count, schemes
 from eoi_core.checks import check_center_density, check_gain, kernel_center_density
 from eoi_core.distributions import layer_densities
 from eoi_core.kernels import KernelLayout, kernel_layout
 from eoi_core.report import LayerReport, SparsifyReport
 from eoi_core.selection import select
+from eoi_core.verify import VERIFY, check_verify, orthogonality
 
 from .discover import Rule, linen_modules, module_rule, name_rule, nnx_modules
 from . import partitioning
@@ -39,7 +40,6 @@ __all__ = ["sparsify", "Sparsified", "VERIFY"]
 
 KERNEL = "kernel"
 _NOT_WEIGHTS = ("bias", "scale")  # per-head attention biases are rank 2, but not weight matrices
-VERIFY = (None, "exact")
 _FORMATS = (
     "sparsify takes linen params/variables (boxed or not), an nnx.Module, or an nnx.State "
     "(nnx.split / nnx.state); a pytree from elsewhere must name its weights 'kernel' "
@@ -196,7 +196,7 @@ def sparsify(
     gain: float = 1.0,
     center_density: float | str | None = None,
     scheme: str | Callable = "eoi",
-    verify: str | None = None,
+    verify: str | None = "probe",
 ) -> Sparsified:
     r"""Re-initialise a Flax model's kernels with EOI; return ``(params, masks)`` and a report.
 
@@ -257,9 +257,13 @@ def sparsify(
         gate kernels have no taps and ignore it.
     scheme : str or callable, optional
         :func:`eoi_core.schemes.get`; ``"eoi"`` by default.
-    verify : {None, "exact"}, optional
-        ``"exact"`` fills the report's orthogonality column
-        (:func:`eoi_core.orthogonality_error` per block: ``O(n^3)``, eager only).
+    verify : {"probe", "exact", None}, optional
+        The report's orthogonality column, ``max |H^T H - g^2 I| / g^2`` over
+        the blocks (:mod:`eoi_core.verify`, shared with the other adapters):
+        ``"probe"`` estimates it with random probe vectors at ``O(size)``,
+        ``"exact"`` forms the Gram matrices (``O(n^3)``), ``None`` skips it.
+        Computed only on concrete (eager) weights; under ``jax.jit`` the
+        column is ``None``.
 
     Returns
     -------
@@ -315,8 +319,7 @@ def sparsify(
     gain = check_gain(gain)
     center_density = check_center_density(center_density)
     scheme_fn = schemes.get(scheme)
-    if not (verify is None or verify == "exact"):
-        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+    check_verify(verify)
 
     module = params if isinstance(params, nnx.Module) else None
     tree = nnx.state(module, nnx.Param) if module is not None else params
@@ -445,9 +448,9 @@ def _row(name: str, rule: Rule, layout: KernelLayout, request: Any, weight: Any,
     else:
         count = None
     error = None
-    if verify == "exact" and _concrete(weight):
-        canonical = layout.to_canonical(np.asarray(weight, dtype=np.float64))
-        error = float(orthogonality_error(canonical, gain=request.gain, groups=layout.groups))
+    if verify is not None and _is_eoi(request.scheme) and _concrete(weight):
+        canonical = layout.to_canonical(np.asarray(weight))
+        error = orthogonality(canonical, request.gain, layout.groups, verify)
     return LayerReport(
         name=name,
         kind=rule.kind,
