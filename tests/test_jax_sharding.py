@@ -57,7 +57,7 @@ def rectangles(draw, shape):
 
 
 @pytest.mark.parametrize("shape,kind,options", KERNELS, ids=[f"{k}{s}" for s, k, _ in KERNELS])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(data=st.data())
 def test_host_shard_is_the_slice_of_the_whole(shape, kind, options, data):
     layout = kernel_layout(shape, kind, **options)
