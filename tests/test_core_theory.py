@@ -1,4 +1,4 @@
-"""Promise: ``expected_density`` is the exact Markov-chain law of DESIGN section 1."""
+"""Promise: ``expected_density`` is the exact Markov-chain law of a row's support size (docs/promises.md)."""
 
 from __future__ import annotations
 

@@ -14,16 +14,30 @@ True
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from eoi_core.cli import execute
 
 from .argtypes import positive_int
 
-__all__ = ["add_common", "execute", "standalone", "configure_torch"]
+__all__ = ["add_common", "execute", "standalone", "configure_torch", "run_stamp", "write_stamp", "STAMP_NAME"]
 
 DEFAULT_OUT = Path("results")
+
+#: The file next to every benchmark's outputs that says which run made them.
+STAMP_NAME = "run.json"
+
+#: Packages whose versions decide the numbers (looked up in the installed metadata, never imported).
+STAMP_PACKAGES = ("eoi", "numpy", "numba", "scipy", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "flax", "matplotlib")
 
 
 def add_common(parser: argparse.ArgumentParser, *, progress: bool = False, threads: bool = False) -> None:
@@ -67,3 +81,114 @@ def standalone(prog: str, description: str, add_arguments: Callable[[argparse.Ar
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     return execute(parser, run, parser.parse_args(argv), extra="bench")
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """``argv`` as a shell line, with the ``eoi`` console script written as ``eoi``."""
+    if not argv:
+        return ""
+    program = Path(argv[0]).name
+    head = ["eoi"] if program == "eoi" else ["python", str(argv[0])]
+    return shlex.join([*head, *argv[1:]])
+
+
+def _git(*arguments: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *arguments], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _commit() -> str | None:
+    """``git rev-parse HEAD`` of this checkout, ``-dirty`` if a tracked file differs; None outside git."""
+    head = _git("rev-parse", "HEAD")
+    if head is None:
+        return None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return head + ("-dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:  # Linux; elsewhere platform.processor() is the best there is
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_stamp(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Where a set of outputs came from: command line, UTC date, commit and machine.
+
+    Parameters
+    ----------
+    argv
+        The command line (default ``sys.argv``); the ``eoi`` console script is
+        written ``eoi``, anything else ``python PATH``.
+
+    Returns
+    -------
+    dict
+        ``command`` (a shell line), ``date`` (ISO 8601, UTC, seconds),
+        ``commit`` (``git rev-parse HEAD``, with ``-dirty`` when a tracked file
+        differs from it; None outside a git checkout) and ``machine``:
+        platform, CPU model, logical cores, the cores this process may use,
+        memory in GiB, Python and the versions of :data:`STAMP_PACKAGES` that
+        are installed.
+
+    Examples
+    --------
+    >>> stamp = run_stamp(["/venv/bin/eoi", "bench", "density", "--quick"])
+    >>> stamp["command"]
+    'eoi bench density --quick'
+    >>> sorted(stamp["machine"])[:3]
+    ['cores', 'cores_usable', 'cpu']
+    """
+    argv = list(sys.argv if argv is None else argv)
+    packages = {}
+    for name in STAMP_PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "command": _command_line(argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "commit": _commit(),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "cores_usable": usable,
+            "memory_gib": _memory_gib(),
+            "python": platform.python_version(),
+            "packages": packages,
+        },
+    }
+
+
+def write_stamp(directory: str | Path, argv: Sequence[str] | None = None) -> Path:
+    """Write :func:`run_stamp` to ``directory / "run.json"`` and return the path.
+
+    Every benchmark calls it (through :func:`eoi_bench.report.prepare_output`)
+    before it writes its tables and figures, so each output folder says which
+    command, commit and machine made it; a later run into the same folder
+    replaces the stamp along with the outputs.
+    """
+    path = Path(directory) / STAMP_NAME
+    path.write_text(json.dumps(run_stamp(argv), indent=2) + "\n")
+    return path

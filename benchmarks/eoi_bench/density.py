@@ -4,7 +4,7 @@ For each shape, ``eoi_core.givens_compose(rows, cols, t, rng=seed)`` composes
 exactly ``t`` random rotations from the identity; its structural density is
 measured over ``--seeds`` seeds at each ``t`` and compared with
 ``eoi_core.expected_density(rows, cols, t)``, the exact expectation of the
-Markov chain of a row's support size (DESIGN.md section 1).  Because a seed
+Markov chain of a row's support size (docs/promises.md, "The density law").  Because a seed
 fixes the rotation stream, the ``t`` rotations of one seed are a prefix of its
 ``t + 1``: each seed traces one trajectory.
 """

@@ -44,7 +44,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align:
 
 
 def prepare_output(directory: str | Path) -> Path:
-    """Create ``directory`` (and parents) and return it as a ``Path``.
+    """Create ``directory`` (and parents), stamp it and return it as a ``Path``.
+
+    The stamp is ``run.json`` (:func:`eoi_bench._command.write_stamp`): the
+    command line, UTC date, commit and machine of this run.
 
     Raises
     ------
@@ -58,6 +61,9 @@ def prepare_output(directory: str | Path) -> Path:
         raise ValueError(f"--out {str(path)!r} exists and is not a directory") from None
     except PermissionError:
         raise ValueError(f"--out {str(path)!r} cannot be created (permission denied)") from None
+    from ._command import write_stamp  # every benchmark's outputs say which run made them
+
+    write_stamp(path)
     return path
 
 
