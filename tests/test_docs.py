@@ -188,3 +188,17 @@ def test_no_citation_of_a_document_outside_the_repository():
             if re.search(r"DESIGN(\.md| section)", path.read_text(errors="ignore")) and path != Path(__file__):
                 offenders.append(name)
     assert not offenders, f"these cite a design document that is not in the repository: {offenders}"
+
+
+def test_readme_examples_are_the_tested_quick_start():
+    """The README's examples are the home page's (which run above), verbatim."""
+    readme = [b.code for b in blocks((ROOT / "README.md").read_text()) if b.kind == "python"]
+    index = [b.code for b in blocks((DOCS / "index.md").read_text()) if b.kind == "python"]
+    assert readme and readme == index
+
+
+def test_readme_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    targets = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in t]
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert targets and not missing, missing
