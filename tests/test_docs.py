@@ -202,3 +202,16 @@ def test_readme_links_resolve():
     targets = [t for t in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in t]
     missing = [t for t in targets if not (ROOT / t).exists()]
     assert targets and not missing, missing
+
+
+def test_a_benchmark_run_stamps_its_outputs(tmp_path):
+    """``eoi bench NAME --out DIR`` leaves run.json beside its tables: command, date, commit, machine."""
+    done = subprocess.run([sys.executable, "-m", "eoi_core", "bench", "density", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stamp = json.loads((tmp_path / "run.json").read_text())
+    assert stamp["command"] == f"python -m eoi_core bench density --quick --out {tmp_path}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", stamp["date"])
+    assert stamp["commit"] is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", stamp["commit"])
+    assert stamp["machine"]["cores"] >= 1 and stamp["machine"]["python"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["density.json", "density.md", "density.png", "run.json"]

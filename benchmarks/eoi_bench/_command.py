@@ -84,11 +84,16 @@ def standalone(prog: str, description: str, add_arguments: Callable[[argparse.Ar
 
 
 def _command_line(argv: Sequence[str]) -> str:
-    """``argv`` as a shell line, with the ``eoi`` console script written as ``eoi``."""
+    """``argv`` as a shell line: the ``eoi`` console script as ``eoi``, ``python -m PACKAGE`` as such."""
     if not argv:
         return ""
-    program = Path(argv[0]).name
-    head = ["eoi"] if program == "eoi" else ["python", str(argv[0])]
+    program = Path(argv[0])
+    if program.name == "eoi":
+        head = ["eoi"]
+    elif program.name == "__main__.py":  # python -m eoi_core / python -m eoi_bench
+        head = ["python", "-m", program.parent.name]
+    else:
+        head = ["python", str(argv[0])]
     return shlex.join([*head, *argv[1:]])
 
 
@@ -154,6 +159,8 @@ def run_stamp(argv: Sequence[str] | None = None) -> dict[str, Any]:
     >>> stamp = run_stamp(["/venv/bin/eoi", "bench", "density", "--quick"])
     >>> stamp["command"]
     'eoi bench density --quick'
+    >>> run_stamp(["/src/eoi_core/__main__.py", "demo"])["command"]
+    'python -m eoi_core demo'
     >>> sorted(stamp["machine"])[:3]
     ['cores', 'cores_usable', 'cpu']
     """
