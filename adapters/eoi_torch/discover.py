@@ -109,14 +109,16 @@ class Target:
 
 def _is_hf_conv1d(module: nn.Module) -> bool:
     # transformers.pytorch_utils.Conv1D (GPT-2 family): weight (nx, nf), y = x @ W + b.
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+    return _kind(module) == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
 
 
 def _kind(module: nn.Module) -> str:
     # parametrize renames the class "Parametrized<Name>"; report the layer's own name.
+    # fully_shard (FSDP2) renames it "FSDP<Name>" (bases FSDPModule and the layer's class).
     cls = type(module)
-    if cls.__name__.startswith("Parametrized") and cls.__bases__:
-        cls = cls.__bases__[0]
+    for prefix in ("Parametrized", "FSDP", "Parametrized"):
+        if cls.__name__.startswith(prefix):
+            cls = next((base for base in cls.__bases__ if base.__name__ == cls.__name__[len(prefix):]), cls)
     return cls.__name__
 
 

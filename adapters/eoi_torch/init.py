@@ -16,6 +16,8 @@ import torch
 import eoi_core
 from eoi_core.dtypes import DTYPES
 
+from .distributed import as_dtensor, build_local, is_dtensor
+
 __all__ = ["eoi_", "SUPPORTED_DTYPES"]
 
 # torch dtype -> the core's dtype name (the core's one list, eoi_core.dtypes.DTYPES).  bfloat16
@@ -225,6 +227,13 @@ def eoi_(
         center_density=center_density,
     )
     seed = draw_seed(generator)
+    if is_dtensor(tensor):  # a sharded parameter: build this rank's rectangle only
+        values, mask, _ = build_local(tensor, density, seed=seed, dtype=_CORE_DTYPES[tensor.dtype], gain=gain,
+                                      groups=groups, center_density=center_density)
+        with torch.inference_mode(False), torch.no_grad():
+            local = tensor.to_local()
+            copy_into(local, values)
+            return as_dtensor(torch.from_numpy(mask).to(local.device), tensor)
     weight, mask = generate(
         tuple(tensor.shape),
         density,

@@ -33,13 +33,16 @@ extra weight-sized tensor per masked weight while training, never saved.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.weak import WeakIdKeyDictionary
+
+from .distributed import conform, fsdp_params, is_dtensor, move_fsdp_param
 
 __all__ = ["EOIMask", "masks", "make_permanent", "prepare_for_load", "keep_masks", "MODES"]
 
@@ -70,10 +73,10 @@ class _Scale:
         self.value: torch.Tensor | None = None
 
     def __call__(self, mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        key = (id(mask), mask._version, like.dtype, like.device)
+        key = (id(mask), mask._version, like.dtype, like.device, type(like), getattr(like, "placements", None))
         if self.key != key:
-            with torch.no_grad():
-                self.value = mask.to(device=like.device, dtype=like.dtype)
+            with torch.no_grad():  # a DTensor weight gets its mask as a DTensor laid out like it
+                self.value = conform(mask, like).to(device=like.device, dtype=like.dtype)
             self.key = key
         return self.value
 
@@ -101,6 +104,11 @@ class EOIMask(nn.Module):
         self._scale = _Scale()
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
+        if is_dtensor(self.mask) and not is_dtensor(original):
+            # FSDP2's all-gathered weight inside forward: the mask is gathered for this multiply only
+            # (never kept: that would hold every layer's whole mask); the gradient is masked on the
+            # sharded parameter by the hook `attach` registered.
+            return _GatheredMask.apply(original, self.mask)
         # The multiply also masks the gradient, so `original` gets zero gradient off the mask.
         return original * self._scale(self.mask, original)
 
@@ -113,6 +121,19 @@ class EOIMask(nn.Module):
             self._registering_masked = False
             return weight
         return weight * self.mask
+
+
+class _GatheredMask(torch.autograd.Function):
+    """``original * mask`` for a whole ``original`` and a sharded (DTensor) ``mask``; the gradient passes
+    through unmasked (the sharded gradient is masked after FSDP2's reduce-scatter), so nothing whole is saved."""
+
+    @staticmethod
+    def forward(ctx: Any, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return original * mask.full_tensor().to(device=original.device, dtype=original.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
 
 
 class _GradMask:
@@ -128,19 +149,36 @@ class _GradMask:
 
     def __call__(self, parameter: torch.Tensor) -> None:
         module = self.module()
-        if module is not None and parameter.grad is not None:
-            parameter.grad.mul_(self.scale(getattr(module, self.buffer), parameter.grad))
+        # No buffer: make_permanent removed the mask (a hook it could not reach, e.g. on FSDP2's
+        # whole-weight parameter, stays behind and does nothing).
+        mask = module._buffers.get(self.buffer) if module is not None else None
+        if mask is not None and parameter.grad is not None:
+            parameter.grad.mul_(self.scale(mask, parameter.grad))
 
 
 class _Arm:
     """Forward pre-hook that (re-)registers the gradient hooks of a module's masked parameters.
 
-    Tensor hooks do not survive ``copy.deepcopy`` or a fresh model; this object
-    does (it lives in the module's hook dict), so the first forward re-arms them.
+    Tensor hooks do not survive ``copy.deepcopy``, a fresh model or ``fully_shard``
+    (which gives the module new parameter objects); this object does (it lives
+    in the module's hook dict), so the first forward re-arms them.  On the model
+    itself it arms a list of ``modules``: some layers' own forward never runs
+    (``nn.MultiheadAttention`` reads ``out_proj.weight`` directly), so their own
+    pre-hook would never fire.
     """
 
+    def __init__(self, modules: list[nn.Module] | None = None) -> None:
+        self.modules = modules
+
     def __call__(self, module: nn.Module, args: Any) -> None:
-        arm(module)
+        for each in self.modules if self.modules is not None else [module]:
+            arm(each)
+
+
+def arm_from(model: nn.Module, modules: list[nn.Module]) -> None:
+    """Re-arm ``modules``' hook-mode masks before every forward of ``model`` (see :class:`_Arm`)."""
+    if modules:
+        model.register_forward_pre_hook(_Arm(list(modules)))
 
 
 def arm(module: nn.Module) -> None:
@@ -151,19 +189,58 @@ def arm(module: nn.Module) -> None:
         parameter = module._parameters.get(name[len(_PREFIX):])
         if parameter is None or parameter in _ARMED:
             continue
+        if is_dtensor(buffer) and not is_dtensor(parameter):
+            continue  # FSDP2's whole weight inside forward: its sharded parameter holds the hook
         handle = parameter.register_post_accumulate_grad_hook(_GradMask(module, name))
         _ARMED[parameter] = (module, name, handle)
 
 
-def attach(module: nn.Module, name: str, mask: torch.Tensor, mode: str, *, masked: bool = False) -> None:
+@contextlib.contextmanager
+def _no_self_swap(active: bool) -> Iterator[None]:
+    """Let ``register_parametrization`` keep a DTensor parameter whose ``right_inverse`` is itself.
+
+    parametrize stores ``right_inverse(original)`` into ``original`` with
+    ``torch.utils.swap_tensors`` for tensor subclasses, even when both are the
+    same object; that swap refuses a tensor with weak references (FSDP2's
+    parameters after ``to_empty``).  Swapping a tensor with itself changes
+    nothing, so for the duration of the call it is skipped.
+    """
+    if not active:
+        yield
+        return
+    store = parametrize._maybe_set
+
+    def maybe_set(dest: torch.Tensor, src: torch.Tensor) -> None:
+        if dest is not src:
+            store(dest, src)
+
+    parametrize._maybe_set = maybe_set
+    try:
+        yield
+    finally:
+        parametrize._maybe_set = store
+
+
+def attach(module: nn.Module, name: str, mask: torch.Tensor, mode: str, *, masked: bool = False,
+           fsdp: Any = None) -> None:
     """Keep ``module.<name>`` masked by ``mask`` in ``mode`` (``"parametrize"`` or ``"hook"``).
 
     ``masked=True`` promises that the weight is already zero off the mask, so
     registering costs no pass over it (``unsafe=True`` skips parametrize's own
     consistency forward; shape and dtype are unchanged by construction).
+    ``fsdp`` is FSDP2's record of the (sharded) parameter, when ``fully_shard``
+    manages it: parametrize moves the parameter, so the record follows it, and
+    the sharded gradient is masked after each reduce-scatter.
     """
     if mode == "parametrize":
-        parametrize.register_parametrization(module, name, EOIMask(mask, masked=masked), unsafe=masked)
+        parameter = module._parameters.get(name)
+        parametrization = EOIMask(mask, masked=masked)
+        with _no_self_swap(masked and is_dtensor(parameter)):
+            parametrize.register_parametrization(module, name, parametrization, unsafe=masked)
+        if fsdp is not None:
+            move_fsdp_param(fsdp, (module, name), (module.parametrizations[name], "original"))
+            parametrization._fsdp_hook = parameter.register_post_accumulate_grad_hook(
+                _GradMask(parametrization, "mask"))
         return
     module.register_buffer(_PREFIX + name, mask)
     if not any(isinstance(hook, _Arm) for hook in module._forward_pre_hooks.values()):
@@ -212,6 +289,34 @@ def _own_class(module: nn.Module) -> None:
     module.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
+def _unparametrize(module: nn.Module, name: str) -> None:
+    """``remove_parametrizations(module, name, leave_parametrized=False)``, also after ``fully_shard``.
+
+    ``fully_shard`` on a parametrized layer makes its class ``FSDP<Parametrized<Layer>>``:
+    the property parametrize added lives on a base class there, where
+    ``remove_parametrizations`` does not look, and its last step (the class
+    becomes its first base) would give the layer the class ``FSDPModule``.  So
+    for such a layer the same steps are taken here: the property goes, the
+    original ``Parameter`` object is the layer's parameter again, and the
+    parametrized base class is replaced by its own base.
+    """
+    cls = type(module)
+    holder = next(base for base in cls.__mro__ if isinstance(base.__dict__.get(name), property))
+    if holder is cls:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+        return
+    original = module.parametrizations[name].original
+    del module.parametrizations[name]
+    delattr(holder, name)
+    module.register_parameter(name, original)
+    if len(module.parametrizations) == 0:
+        del module.parametrizations
+        layer = holder.__bases__[0]
+        bases = tuple(layer if base is holder else base for base in cls.__bases__)
+        namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        module.__class__ = type(cls.__name__.replace(holder.__name__, layer.__name__), bases, namespace)
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Bake every EOI mask into its weight and stop masking, in place.
 
@@ -227,6 +332,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
     -------
     model : the same module, for chaining.
     """
+    records = fsdp_params(model)
     for _, module in model.named_modules():
         found = _eoi_masks(module)
         if not found:
@@ -235,18 +341,37 @@ def make_permanent(model: nn.Module) -> nn.Module:
             _own_class(module)
         for name in found:
             if parametrize.is_parametrized(module, name):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                chain = module.parametrizations[name]
+                original = chain.original
+                if not is_dtensor(original):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                    continue
+                # A sharded parameter (DTensor has no set_): mask it in place, locally, and put the
+                # same Parameter back, so FSDP2's sharded parameter stays the one it manages.
+                for parametrization in chain:
+                    hook = getattr(parametrization, "_fsdp_hook", None)
+                    if hook is not None:
+                        hook.remove()
+                with torch.no_grad():
+                    original.mul_(conform(found[name], original).to(original.dtype))
+                _unparametrize(module, name)
+                if id(original) in records:
+                    move_fsdp_param(records[id(original)], (chain, "original"), (module, name))
                 continue
             buffer = _PREFIX + name
             parameter = module._parameters[name]
             with torch.no_grad():
-                parameter.mul_(module._buffers[buffer])
+                parameter.mul_(conform(module._buffers[buffer], parameter).to(parameter.dtype))
             entry = _ARMED.pop(parameter, None)
             if entry is not None:
                 entry[2].remove()
             del module._buffers[buffer]
         for key, hook in list(module._forward_pre_hooks.items()):
             if isinstance(hook, _Arm):
+                del module._forward_pre_hooks[key]
+    for _, module in model.named_modules():  # the model's own _Arm (it holds no mask itself)
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _Arm) and hook.modules is not None:
                 del module._forward_pre_hooks[key]
     return model
 
@@ -312,6 +437,7 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
     <All keys matched successfully>
     """
     layers = dict(model.named_modules())
+    hooked = []
     for key, value in state_dict.items():
         match, mode = _PARAMETRIZED_KEY.match(key), "parametrize"
         if match is None:
@@ -333,4 +459,7 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
                 "a mask must be bool with the weight's shape"
             )
         attach(module, tensor, value.to(current.device, copy=True), mode)
+        if mode == "hook":
+            hooked.append(module)
+    arm_from(model, hooked)
     return model

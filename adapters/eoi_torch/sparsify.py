@@ -19,8 +19,10 @@ from eoi_core.report import LayerReport, SparsifyReport
 from eoi_core.selection import select
 
 from .discover import SUPPORTED_LAYERS, Target, find_weights
+from .distributed import as_dtensor, build_local, fsdp_params, global_sum, is_dtensor
+from .distributed import probe_error as distributed_probe
 from .init import _CORE_DTYPES, check_generator, check_tensor, copy_into, draw_seed, generate
-from .mask import MODES, _eoi_masks, attach
+from .mask import MODES, _eoi_masks, arm_from, attach
 from .verify import check_verify, exact_error, probe_error
 
 __all__ = ["sparsify", "TIED"]
@@ -84,10 +86,22 @@ def _check_unmasked(model: nn.Module) -> None:
 
 
 def _write(target: Target, values: np.ndarray, mask: np.ndarray, build: Callable | None) -> torch.Tensor:
-    """Copy canonical ``values`` into the parameter (its own layout and device); return its mask."""
+    """Copy canonical ``values`` into the parameter (its own layout and device); return its mask.
+
+    For a DTensor parameter ``values`` and ``mask`` are this rank's block: they go
+    into its local tensor and the mask comes back as a DTensor laid out like the weight.
+    """
     tensor = target.tensor
     if target.transposed:
         values, mask = values.T, mask.T
+    if is_dtensor(tensor):
+        with torch.no_grad():
+            local = tensor.to_local()
+            if build is None:
+                copy_into(local, values)
+            else:
+                local.copy_(torch.from_numpy(np.ascontiguousarray(values)))
+        return as_dtensor(torch.from_numpy(np.ascontiguousarray(mask)), tensor)
     if build is None:
         copy_into(tensor, values)
     else:  # another scheme's float64 values: cast once, by torch
@@ -100,6 +114,8 @@ def _error(target: Target, gain: float, verify: Any) -> float | None:
     if verify != "exact":
         return None
     weight = target.tensor.detach()
+    if is_dtensor(weight):  # the Gram matrices need the whole weight: gathered on every rank (opt-in cost)
+        weight = weight.full_tensor()
     return exact_error(weight.T if target.transposed else weight, gain, target.groups)
 
 
@@ -344,6 +360,11 @@ def sparsify(
         """Canonical ``(weight, mask)``, mask count and probe error: NumPy only, so it runs in any thread."""
         target, layer_density, layer_gain, centre, seed = job
         dtype = target.tensor.dtype
+        if is_dtensor(target.tensor):  # this rank's block only; the report's numbers are summed in `write`
+            values, mask, bounds = build_local(
+                target.tensor, layer_density, seed=seed, dtype=_CORE_DTYPES[dtype], transposed=target.transposed,
+                gain=layer_gain, groups=target.groups, center_density=centre, build=build)
+            return values, mask, int(np.count_nonzero(mask)), bounds
         if build is None:
             values, mask = generate(target.shape, layer_density, dtype, seed=seed, gain=layer_gain,
                                     groups=target.groups, center_density=centre)
@@ -364,6 +385,11 @@ def sparsify(
         target, _, layer_gain, _, _ = job
         values, mask, count, error = made
         written = _write(target, values, mask, build)
+        if is_dtensor(target.tensor):  # collectives, in layer order on every rank
+            bounds, error = error, None
+            count = global_sum(count, target.tensor)
+            if build is None and verify == "probe":
+                error = distributed_probe(values, bounds, target.shape, layer_gain, target.groups, target.tensor)
         if build is None and verify == "exact":
             error = _error(target, layer_gain, verify)
         return written, count, error
@@ -383,6 +409,7 @@ def sparsify(
         results = [write(job, made) for job, made in zip(jobs, built)]
 
     rows = []
+    records = fsdp_params(model) if any(is_dtensor(t.tensor) for t in selected) else {}
     done = {id(t): (job, result) for t, job, result in zip(selected, jobs, results)}
     for target in targets:
         if id(target) not in done:
@@ -398,6 +425,9 @@ def sparsify(
         # One mask object for every holder of a tied parameter: the tie stays a tie.
         # Hook mode masks the shared Parameter's gradient once: the mask lives with the primary layer.
         holders = target.holders if mode == "parametrize" else [(target.name, target.module, target.parameter)]
+        record = records.get(id(target.tensor))
         for _, module, parameter in holders:
-            attach(module, parameter, mask, mode, masked=True)
+            attach(module, parameter, mask, mode, masked=True, fsdp=record)
+    if mode == "hook":
+        arm_from(model, [t.module for t in selected])
     return SparsifyReport(rows)

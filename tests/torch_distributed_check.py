@@ -1,0 +1,299 @@
+"""Multi-process checks of eoi_torch on DTensors and FSDP2, run by tests/test_torch_distributed.py.
+
+``python tests/torch_distributed_check.py WORLD`` spawns ``WORLD`` CPU processes
+(gloo, 127.0.0.1, a free port); every rank runs every check below and compares
+its own shard with what one process computes from the same seeds.  Any failed
+check raises in its rank, so the command exits non-zero with the traceback.
+
+1. ``eoi_`` on DTensors: ``Shard(0)``, ``Shard(1)``, ``Replicate()`` on a 1-D
+   mesh and pairs of them on a 2-D mesh (world 4), dense and grouped conv
+   weights, uneven shards: local shard and mask equal the single-process
+   weight's shard bit for bit; torch's RNG advances as in one process.
+2. ``sparsify`` after ``fully_shard`` (both mask modes): weights, masks (DTensors
+   laid out like their weights), report and ``layer.weight`` equal the
+   single-process run; three Adam steps keep every off-mask entry exactly zero
+   and track the single-process losses; ``make_permanent`` works and training
+   goes on.
+3. The large-model flow: build on ``meta``, ``fully_shard``, ``to_empty``, sparsify.
+4. ``sparsify`` first, ``fully_shard`` after: train, ``layer.weight``, ``masks``,
+   ``make_permanent``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+DENSITY = 0.3
+
+
+class Conv1D(nn.Module):
+    """transformers' Conv1D (``y = x @ W + b``, ``W`` stored ``(in, out)``), without transformers."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class Net(nn.Module):
+    """Every layout kind: Linear, MHA (fused q/k/v), a stored-transposed Conv1D, Conv1d, LSTM gates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.proj = Conv1D(24, 16)
+        self.conv = nn.Conv1d(24, 12, 3, padding=1, groups=2)
+        self.lstm = nn.LSTM(12, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.embed(x))
+        x = x + self.attention(x, x, x, need_weights=False)[0]
+        x = torch.relu(self.proj(x))
+        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        x, _ = self.lstm(x)
+        return self.head(x[:, -1])
+
+
+def shard(model: Net, mesh) -> Net:
+    from torch.distributed.fsdp import fully_shard
+
+    for name in ("embed", "attention", "proj", "conv", "lstm"):
+        fully_shard(getattr(model, name), mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    from eoi_torch.distributed import is_dtensor
+
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def expected_local(reference: torch.Tensor, like) -> torch.Tensor:
+    """This rank's piece of the single-process ``reference``, cut by torch itself."""
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(reference.contiguous(), like.device_mesh, like.placements).to_local()
+
+
+def check_eoi(rank: int, world: int) -> None:
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    meshes = [(init_device_mesh("cpu", (world,)), [(Shard(0),), (Shard(1),), (Replicate(),)])]
+    if world == 4:
+        meshes.append((init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")), [
+            (Shard(0), Shard(1)), (Shard(1), Shard(0)), (Replicate(), Shard(0)), (Shard(0), Shard(0)),
+            (Shard(1), Replicate())]))
+    cases = [((50, 21), {}, torch.float32), ((21, 50), {}, torch.float32),
+             ((24, 6, 3, 3), {"groups": 2, "center_density": "sqrt"}, torch.float32),
+             ((30, 30), {"gain": 2.0}, torch.bfloat16)]
+    for mesh, placements_list in meshes:
+        for placements in placements_list:
+            for shape, options, dtype in cases:
+                torch.manual_seed(3)
+                reference = torch.empty(shape, dtype=dtype)
+                reference_mask = eoi_torch.eoi_(reference, DENSITY, **options)
+                after = torch.randint(0, 2**31, (4,))
+                tensor = distribute_tensor(torch.zeros(shape, dtype=dtype), mesh, list(placements))
+                torch.manual_seed(3)
+                mask = eoi_torch.eoi_(tensor, DENSITY, **options)
+                where = f"rank {rank}, {shape}, {placements}"
+                assert torch.equal(tensor.to_local(), expected_local(reference, tensor)), where
+                assert tuple(mask.placements) == tuple(placements) and mask.device_mesh == mesh, where
+                assert torch.equal(mask.to_local(), expected_local(reference_mask, tensor)), where
+                assert torch.equal(mask.full_tensor(), reference_mask), where
+                assert torch.equal(torch.randint(0, 2**31, (4,)), after), f"{where}: torch's RNG advanced differently"
+    # A placement that is not one rectangle of the weight is an error, never a guessed weight.
+    from torch.distributed.tensor import Partial
+    from torch.distributed.tensor import DTensor
+
+    partial = DTensor.from_local(torch.zeros(8, 8), meshes[0][0], [Partial()])
+    try:
+        eoi_torch.eoi_(partial, DENSITY)
+    except ValueError as error:
+        assert "Partial" in str(error), error
+    else:
+        raise AssertionError("eoi_ on a Partial DTensor did not raise")
+
+
+def batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(11)
+    return [(torch.randn(4, 5, 6, generator=generator), torch.randint(0, 3, (4,), generator=generator))
+            for _ in range(steps)]
+
+
+def train(model: nn.Module, steps: int = 3) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    losses = []
+    for x, y in batches(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def effective_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every masked weight as the forward sees it (``layer.<name>``), gathered whole."""
+    import eoi_torch
+
+    modules = dict(model.named_modules())
+    found = {}
+    for key in eoi_torch.masks(model):  # "layer" for a weight, else "layer.parameter"
+        layer, name = (key, "weight") if key in modules else key.rsplit(".", 1)
+        found[key] = whole(getattr(modules[layer], name)).detach()
+    return found
+
+
+def assert_off_mask_zero(model: nn.Module, where: str) -> None:
+    import eoi_torch
+
+    masks = {key: whole(mask) for key, mask in eoi_torch.masks(model).items()}
+    for key, weight in effective_weights(model).items():
+        assert int(weight[~masks[key]].count_nonzero()) == 0, f"{where}: {key} moved off its mask"
+
+
+def reference_run(mode: str) -> tuple[Net, object, list[float]]:
+    import eoi_torch
+
+    torch.manual_seed(0)
+    model = Net()
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode)
+    trained = copy.deepcopy(model)
+    return model, report, train(trained)
+
+
+def check_same_report(report, reference, where: str) -> None:
+    assert len(report) == len(reference), where
+    for row, expected in zip(report, reference):
+        assert (row.name, row.parameter, row.kind, row.shape, row.groups, row.status, row.mask_count, row.size) == (
+            expected.name, expected.parameter, expected.kind, expected.shape, expected.groups, expected.status,
+            expected.mask_count, expected.size), f"{where}: {row} != {expected}"
+        assert row.density == expected.density, f"{where}: {row} != {expected}"
+        if expected.orthogonality_error is not None:
+            assert row.orthogonality_error is not None and row.orthogonality_error < 1e-5, f"{where}: {row}"
+
+
+def check_sparsify_sharded(rank: int, world: int, mode: str, meta: bool) -> None:
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    where = f"rank {rank}, sparsify after fully_shard, mode={mode}, meta={meta}"
+    mesh = init_device_mesh("cpu", (world,))
+    reference, reference_report, reference_losses = reference_run(mode)
+    torch.manual_seed(0)
+    if meta:
+        with torch.device("meta"):
+            model = Net()
+        shard(model, mesh)
+        model.to_empty(device="cpu")
+        torch.manual_seed(0)
+        with torch.no_grad():  # the same values as the reference for everything EOI does not write
+            for parameter, value in zip(model.parameters(), Net().parameters()):
+                parameter.to_local().copy_(expected_local(value.detach(), parameter))
+    else:
+        model = shard(Net(), mesh)
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode)
+    check_same_report(report, reference_report, where)
+    assert list(report)[0].kind == "Linear", list(report)[0].kind
+
+    masks, reference_masks = eoi_torch.masks(model), eoi_torch.masks(reference)
+    assert sorted(masks) == sorted(reference_masks), where
+    weights, reference_weights = effective_weights(model), effective_weights(reference)
+    for key, mask in masks.items():
+        assert torch.equal(mask.full_tensor(), reference_masks[key]), f"{where}: mask {key}"
+        assert torch.equal(weights[key], reference_weights[key]), f"{where}: weight {key}"
+    assert tuple(masks["embed"].placements) == tuple(model.embed.weight.placements), where
+    assert torch.equal(model.embed.weight.to_local(), expected_local(reference.embed.weight.detach(),
+                                                                      model.embed.weight)), where
+
+    losses = train(model)
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
+        f"{where}: losses {losses} against one process {reference_losses}")
+    assert_off_mask_zero(model, where)
+    before = effective_weights(model)
+    eoi_torch.make_permanent(model)
+    assert eoi_torch.masks(model) == {}, where
+    after = {key: whole(model.get_submodule(key).weight).detach() for key in ("embed", "conv", "head")}
+    for key, value in after.items():
+        assert torch.equal(value, before[key]), f"{where}: make_permanent changed {key}"
+    train(model, 1)  # FSDP2 still trains the plain parameters
+
+
+def check_sparsify_then_shard(rank: int, world: int, mode: str) -> None:
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    where = f"rank {rank}, fully_shard after sparsify, mode={mode}"
+    mesh = init_device_mesh("cpu", (world,))
+    reference, _, reference_losses = reference_run(mode)
+    torch.manual_seed(0)
+    model = Net()
+    torch.manual_seed(1)
+    eoi_torch.sparsify(model, DENSITY, mode=mode)
+    shard(model, mesh)
+    losses = train(model)
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
+        f"{where}: losses {losses} against one process {reference_losses}")
+    assert_off_mask_zero(model, where)
+    weight = model.embed.weight
+    assert type(weight).__name__ == "DTensor", f"{where}: {type(weight)}"
+    before = effective_weights(model)
+    eoi_torch.make_permanent(model)
+    assert eoi_torch.masks(model) == {}, where
+    assert torch.equal(whole(model.embed.weight).detach(), before["embed"]), where
+    train(model, 1)
+
+
+def run(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), EOI_NUM_THREADS="1")
+    sys.path[:0] = [str(ROOT / "adapters"), str(ROOT)]
+    # This test model's layers return views (attention output, LSTM output): FSDP2 warns about in-place
+    # use, which these checks do not make.
+    warnings.filterwarnings("ignore", message=".*returned a view tensor")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        check_eoi(rank, world)
+        for mode in ("parametrize", "hook"):
+            check_sparsify_sharded(rank, world, mode, meta=False)
+            check_sparsify_then_shard(rank, world, mode)
+        check_sparsify_sharded(rank, world, "parametrize", meta=True)
+        dist.barrier()
+        if rank == 0:
+            print(f"world {world}: all checks passed", flush=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    world = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    mp.spawn(run, args=(world, free_port()), nprocs=world, join=True)
