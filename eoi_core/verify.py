@@ -8,7 +8,7 @@ as stored by ``P`` Gaussian probe vectors ``x`` and reports
           \quad (out \ge in; \ H H^\top x \text{ otherwise}),
 
 two matrix-vector products per probe, batched over the blocks: ``O(P *
-size)``, never a Gram matrix.  A deviation from ``H^T H = g^2 I`` shows up
+size)``, never a Gram matrix (``P = 1`` by default).  A deviation from ``H^T H = g^2 I`` shows up
 in a random probe with probability one.  ``verify="exact"`` forms the Gram
 matrices (:func:`eoi_core.orthogonality_error`, ``O(n^3)``); ``verify=None``
 reports nothing.  Every adapter's report uses this module (PyTorch,
@@ -24,7 +24,7 @@ from .api import orthogonality_error
 __all__ = ["VERIFY", "check_verify", "probe_error", "orthogonality"]
 
 VERIFY = ("probe", "exact", None)
-PROBES = 4
+PROBES = 1
 
 
 def check_verify(verify: object) -> object:
@@ -37,6 +37,10 @@ def check_verify(verify: object) -> object:
 def probe_error(weight: np.ndarray, gain: float, groups: int, *, probes: int = PROBES, seed: int = 0) -> float:
     """Relative probe error of a canonical ``weight`` (see the module docstring).
 
+    Cost: ``2 * probes`` passes over the weight, on the calling thread (NumPy's
+    ``einsum`` loops, no BLAS pool: adapters run this in their layer threads,
+    where a multi-threaded BLAS call per layer would only oversubscribe the cores).
+
     Examples
     --------
     >>> import eoi_core
@@ -46,15 +50,17 @@ def probe_error(weight: np.ndarray, gain: float, groups: int, *, probes: int = P
     >>> probe_error(np.ones((4, 4)), 1.0, 1) > 1
     True
     """
+    weight = np.asarray(weight)
     compute = np.float64 if weight.dtype == np.float64 else np.float32
     centre = (slice(None), slice(None)) + tuple((k - 1) // 2 for k in weight.shape[2:])
     matrix = np.asarray(weight[centre], dtype=compute)
     blocks = matrix.reshape(groups, matrix.shape[0] // groups, matrix.shape[1])
     tall = blocks.shape[1] >= blocks.shape[2]
-    if not tall:
-        blocks = blocks.transpose(0, 2, 1)
-    x = np.random.default_rng(seed).standard_normal((groups, blocks.shape[2], probes)).astype(compute)
-    y = blocks.transpose(0, 2, 1) @ (blocks @ x)
+    # Tall blocks: H^T (H x); wide: H (H^T x), written so that both read H along its rows.
+    inner, outer = ("gij,gjp->gip", "gij,gip->gjp") if tall else ("gij,gip->gjp", "gij,gjp->gip")
+    width = blocks.shape[2] if tall else blocks.shape[1]
+    x = np.random.default_rng(seed).standard_normal((groups, width, probes)).astype(compute)
+    y = np.einsum(outer, blocks, np.einsum(inner, blocks, x))
     return float((np.abs(y / (gain * gain) - x).max(axis=1) / np.abs(x).max(axis=1)).max())
 
 
