@@ -1,7 +1,8 @@
 """Tables, files and figures: how every benchmark reports what it measured.
 
-Tables are GitHub markdown (they print readably in a terminal and paste into
-the README unchanged).  Figures use Matplotlib's non-interactive ``Agg``
+Tables are GitHub markdown (they print readably in a terminal, and
+``scripts/results_pages.py`` puts them on the documentation's results pages
+unchanged).  Figures use Matplotlib's non-interactive ``Agg``
 backend, so nothing needs a display.
 """
 
