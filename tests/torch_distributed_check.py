@@ -14,7 +14,8 @@ check raises in its rank, so the command exits non-zero with the traceback.
    single-process run; three Adam steps keep every off-mask entry exactly zero
    and track the single-process losses; ``make_permanent`` works and training
    goes on.
-3. The large-model flow: build on ``meta``, ``fully_shard``, ``to_empty``, sparsify.
+3. The large-model flow: build on ``meta``, ``fully_shard``, ``to_empty``, sparsify;
+   ``verify="exact"`` on sharded weights; another scheme (``"kaiming"``).
 4. ``sparsify`` first, ``fully_shard`` after: train, ``layer.weight``, ``masks``,
    ``make_permanent``.
 """
@@ -180,6 +181,7 @@ def reference_run(mode: str) -> tuple[Net, object, list[float]]:
     model = Net()
     torch.manual_seed(1)
     report = eoi_torch.sparsify(model, DENSITY, mode=mode)
+    report.rng_after = torch.randint(0, 2**31, (4,))  # where torch's RNG stands after sparsify
     trained = copy.deepcopy(model)
     return model, report, train(trained)
 
@@ -215,7 +217,9 @@ def check_sparsify_sharded(rank: int, world: int, mode: str, meta: bool) -> None
     else:
         model = shard(Net(), mesh)
     torch.manual_seed(1)
-    report = eoi_torch.sparsify(model, DENSITY, mode=mode)
+    # hook runs check verify="exact" (gathers each weight) against the reference's probe
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode, verify="exact" if mode == "hook" else "probe")
+    assert torch.equal(torch.randint(0, 2**31, (4,)), reference_report.rng_after), f"{where}: torch's RNG"
     check_same_report(report, reference_report, where)
     assert list(report)[0].kind == "Linear", list(report)[0].kind
 
@@ -240,6 +244,27 @@ def check_sparsify_sharded(rank: int, world: int, mode: str, meta: bool) -> None
     for key, value in after.items():
         assert torch.equal(value, before[key]), f"{where}: make_permanent changed {key}"
     train(model, 1)  # FSDP2 still trains the plain parameters
+
+
+def check_scheme(rank: int, world: int) -> None:
+    """Another scheme has no shard function: built whole from the same seed, each rank keeps its shard."""
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 4))
+    model = copy.deepcopy(reference)
+    torch.manual_seed(1)
+    eoi_torch.sparsify(reference, 0.5, scheme="kaiming")
+    fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, 0.5, scheme="kaiming")
+    assert [row.orthogonality_error for row in report] == [None, None], report
+    for key, mask in eoi_torch.masks(reference).items():
+        assert torch.equal(eoi_torch.masks(model)[key].full_tensor(), mask), f"rank {rank}: scheme mask {key}"
+        assert torch.equal(whole(model.get_submodule(key).weight).detach(), reference.get_submodule(key).weight), (
+            f"rank {rank}: scheme weight {key}")
 
 
 def check_sparsify_then_shard(rank: int, world: int, mode: str) -> None:
@@ -281,6 +306,7 @@ def run(rank: int, world: int, port: int) -> None:
             check_sparsify_sharded(rank, world, mode, meta=False)
             check_sparsify_then_shard(rank, world, mode)
         check_sparsify_sharded(rank, world, "parametrize", meta=True)
+        check_scheme(rank, world)
         dist.barrier()
         if rank == 0:
             print(f"world {world}: all checks passed", flush=True)

@@ -171,6 +171,12 @@ def eoi_(
     tensor : torch.Tensor
         Floating tensor (float16, bfloat16, float32 or float64) of rank 2 to 5,
         on any device; a ``Parameter`` is fine, ``torch.no_grad`` is not needed.
+        A ``DTensor`` (``Shard(dim)`` / ``Replicate()`` placements on any mesh,
+        e.g. a parameter after ``fully_shard``) is filled rank by rank: each
+        rank builds only its local shard (:mod:`eoi_torch.distributed`), equal
+        bit for bit to the same slice of the single-process result, and the
+        mask is a ``DTensor`` laid out like ``tensor``.  Every rank must draw
+        the same seed (the same ``torch.manual_seed`` / ``generator`` state).
     density : float in (0, 1]
         Fraction of trainable entries; at least :func:`eoi_core.min_density` of
         the shape (an orthogonal block needs ``min(out/g, in/g)`` non-zeros).
@@ -190,13 +196,15 @@ def eoi_(
     Returns
     -------
     mask : torch.Tensor of bool, shape ``tensor.shape``, on ``tensor.device``
-        The trainable entries; ``tensor`` is zero outside it.
+        The trainable entries; ``tensor`` is zero outside it.  A ``DTensor``
+        with ``tensor``'s mesh and placements when ``tensor`` is one.
 
     Raises
     ------
     TypeError, ValueError
-        For a non-floating tensor, a rank outside 2..5 or any invalid argument;
-        ``tensor`` is left untouched.
+        For a non-floating tensor, a rank outside 2..5, a ``DTensor`` placement
+        that is not one rectangle of it (``Partial``, strided shards) or any
+        invalid argument; ``tensor`` is left untouched.
 
     Examples
     --------

@@ -29,6 +29,18 @@
 Both modes store the mask as a bool buffer and multiply by a cached 0/1 copy
 in the weight's dtype (a float-by-bool multiply is several times slower): one
 extra weight-sized tensor per masked weight while training, never saved.
+
+Sharded models (FSDP2's ``fully_shard``, DTensor parameters)
+    A mask made for a ``DTensor`` weight is a ``DTensor`` with the weight's mesh
+    and placements, so ``weight * mask`` and the gradient mask are local
+    multiplies.  In hook mode the gradient hook sits on the sharded parameter
+    (FSDP2 runs it after each reduce-scatter): no extra communication.  In
+    parametrize mode FSDP2's record of the parameter follows it into
+    ``parametrizations.<name>.original``; inside FSDP2's forward the weight is
+    whole, so the mask is gathered for that multiply only (one bool all-gather
+    per layer and forward, never kept) and the gradient is masked on the shard
+    after the reduce-scatter.  A mask registered before ``fully_shard`` stays
+    whole on every rank and is cut to the weight's shard where needed.
 """
 
 from __future__ import annotations

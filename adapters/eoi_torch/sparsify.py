@@ -198,6 +198,15 @@ def sparsify(
     model : nn.Module
         Built with real storage: a model built on the ``meta`` device must be
         materialised first (``model.to_empty(device=...)``, then sparsify).
+        Parameters may be ``DTensor`` s (after FSDP2's ``fully_shard``, or
+        tensor parallel ``Shard`` / ``Replicate`` placements): each rank then
+        builds only its own shards, bit-identical to the single-process model
+        from the same seed, the masks are ``DTensor`` s laid out like their
+        weights, and every rank must call ``sparsify`` (the report's counts and
+        probes are all-reduced; see :mod:`eoi_torch.distributed`).  So the
+        large-model flow is: build on ``meta``, ``fully_shard``, ``to_empty``,
+        ``sparsify``.  Sparsifying first and calling ``fully_shard`` after
+        works too (then every rank holds whole masks).
     density : float in (0, 1] or None
         Target density over all selected weights (their parameter-weighted
         mean density, to within one entry per layer).  ``None`` when
@@ -245,6 +254,9 @@ def sparsify(
     verify : {"probe", "exact", None}, optional
         The report's orthogonality column (:mod:`eoi_torch.verify`):
         ``"probe"`` (default, ``O(size)``), ``"exact"`` (Gram matrices, O(n^3)) or none.
+        For a ``DTensor`` weight the probe is all-reduced (two probe-sized
+        all-reduces per weight, no rank holds the whole weight); ``"exact"``
+        gathers the whole weight on every rank.
     workers : int, optional
         Threads generating layers concurrently (default: ``min(4, os.cpu_count())``).
 
