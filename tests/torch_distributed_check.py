@@ -128,12 +128,19 @@ def check_eoi(rank: int, world: int) -> None:
     from torch.distributed.tensor import DTensor
 
     partial = DTensor.from_local(torch.zeros(8, 8), meshes[0][0], [Partial()])
-    try:
-        eoi_torch.eoi_(partial, DENSITY)
-    except ValueError as error:
-        assert "Partial" in str(error), error
-    else:
-        raise AssertionError("eoi_ on a Partial DTensor did not raise")
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    model[1].weight = nn.Parameter(partial)
+    first = model[0].weight.detach().clone()
+    for call in (lambda: eoi_torch.eoi_(partial, DENSITY), lambda: eoi_torch.sparsify(model, DENSITY)):
+        state = torch.get_rng_state()
+        try:
+            call()
+        except ValueError as error:
+            assert "Partial" in str(error), error
+        else:
+            raise AssertionError("a Partial DTensor did not raise")
+        assert torch.equal(torch.get_rng_state(), state), "a failed call advanced torch's RNG"
+    assert torch.equal(model[0].weight, first) and not eoi_torch.masks(model), "a failed sparsify wrote"
 
 
 def batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -209,6 +216,12 @@ def check_sparsify_sharded(rank: int, world: int, mode: str, meta: bool) -> None
         with torch.device("meta"):
             model = Net()
         shard(model, mesh)
+        try:  # not materialised yet: a clear error, nothing drawn
+            eoi_torch.sparsify(model, DENSITY)
+        except ValueError as error:
+            assert "to_empty" in str(error), error
+        else:
+            raise AssertionError("sparsify on meta DTensors did not raise")
         model.to_empty(device="cpu")
         torch.manual_seed(0)
         with torch.no_grad():  # the same values as the reference for everything EOI does not write

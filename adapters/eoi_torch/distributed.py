@@ -89,7 +89,8 @@ def _canonical(bounds: tuple[tuple[int, int], ...], transposed: bool) -> tuple[t
 
 
 def build_local(
-    tensor: Any,
+    shape: tuple[int, ...],
+    bounds: tuple[tuple[int, int], ...],
     density: float,
     *,
     seed: int,
@@ -100,17 +101,19 @@ def build_local(
     center_density: float | str | None = None,
     build: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, int], ...]]:
-    """This rank's canonical ``(weight, mask)`` block of the DTensor ``tensor`` and its canonical bounds.
+    """This rank's canonical ``(weight, mask)`` block of a weight and its canonical bounds.
 
+    ``shape`` is the weight's global torch shape and ``bounds`` this rank's
+    rectangle of it (:func:`local_bounds`, checked before any seed is drawn);
     ``dtype`` is the core's dtype name.  With ``build=None`` the block comes from
     :func:`eoi_core.sparse_orthogonal_shard` (only the rectangle is built);
     another scheme has no shard function, so its whole weight is built (in
     float64) and sliced.  The block is in the canonical layout: transpose it
     back when ``transposed``.
     """
-    shape = tuple(tensor.shape)
+    shape = tuple(shape)
     canonical_shape = (shape[1], shape[0]) + shape[2:] if transposed else shape
-    bounds = _canonical(local_bounds(tensor), transposed)
+    bounds = _canonical(tuple(bounds), transposed)
     if build is None:
         values, mask = eoi_core.sparse_orthogonal_shard(
             canonical_shape, density, bounds, gain=gain, dtype=dtype, rng=seed, groups=groups,

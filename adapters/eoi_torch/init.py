@@ -16,7 +16,7 @@ import torch
 import eoi_core
 from eoi_core.dtypes import DTYPES
 
-from .distributed import as_dtensor, build_local, is_dtensor
+from .distributed import as_dtensor, build_local, is_dtensor, local_bounds
 
 __all__ = ["eoi_", "SUPPORTED_DTYPES"]
 
@@ -226,6 +226,7 @@ def eoi_(
             "(layer.parametrizations.weight.original) or the layer before it is parametrized"
         )
     # Fail before the draw, so a bad call does not advance torch's RNG either.
+    bounds = local_bounds(tensor) if is_dtensor(tensor) else None
     eoi_core.validate(
         tuple(tensor.shape),
         density,
@@ -236,8 +237,9 @@ def eoi_(
     )
     seed = draw_seed(generator)
     if is_dtensor(tensor):  # a sharded parameter: build this rank's rectangle only
-        values, mask, _ = build_local(tensor, density, seed=seed, dtype=_CORE_DTYPES[tensor.dtype], gain=gain,
-                                      groups=groups, center_density=center_density)
+        values, mask, _ = build_local(tuple(tensor.shape), bounds, density, seed=seed,
+                                      dtype=_CORE_DTYPES[tensor.dtype], gain=gain, groups=groups,
+                                      center_density=center_density)
         with torch.inference_mode(False), torch.no_grad():
             local = tensor.to_local()
             copy_into(local, values)

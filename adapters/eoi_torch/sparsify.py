@@ -19,7 +19,7 @@ from eoi_core.report import LayerReport, SparsifyReport
 from eoi_core.selection import select
 
 from .discover import SUPPORTED_LAYERS, Target, find_weights
-from .distributed import as_dtensor, build_local, fsdp_params, global_sum, is_dtensor
+from .distributed import as_dtensor, build_local, fsdp_params, global_sum, is_dtensor, local_bounds
 from .distributed import probe_error as distributed_probe
 from .init import _CORE_DTYPES, check_generator, check_tensor, copy_into, draw_seed, generate
 from .mask import MODES, _eoi_masks, arm_from, attach
@@ -364,6 +364,9 @@ def sparsify(
                 continue  # the orthogonal floor is EOI's; another scheme judges feasibility itself
             raise type(error)(f"layer {target.key!r} ({target.kind}): {error}") from error
 
+    # A sharded weight's rectangle (placements checked here, before anything is drawn or written).
+    shards = {id(t): local_bounds(t.tensor, f"the {t.parameter} of layer {t.key!r} ({t.kind})")
+              for t in selected if is_dtensor(t.tensor)}
     # Seeds in layer order first: the result does not depend on `workers`.
     seeds = [draw_seed(generator) for _ in selected]
     jobs = list(zip(selected, densities, gains, centres, seeds))
@@ -372,9 +375,10 @@ def sparsify(
         """Canonical ``(weight, mask)``, mask count and probe error: NumPy only, so it runs in any thread."""
         target, layer_density, layer_gain, centre, seed = job
         dtype = target.tensor.dtype
-        if is_dtensor(target.tensor):  # this rank's block only; the report's numbers are summed in `write`
+        if id(target) in shards:  # this rank's block only; the report's numbers are summed in `write`
             values, mask, bounds = build_local(
-                target.tensor, layer_density, seed=seed, dtype=_CORE_DTYPES[dtype], transposed=target.transposed,
+                tuple(target.tensor.shape), shards[id(target)],
+                layer_density, seed=seed, dtype=_CORE_DTYPES[dtype], transposed=target.transposed,
                 gain=layer_gain, groups=target.groups, center_density=centre, build=build)
             return values, mask, int(np.count_nonzero(mask)), bounds
         if build is None:
