@@ -27,4 +27,5 @@ BENCHMARKS = {
     "model-init": "Whole-model sparsify against torch's default init and a loop of eoi_: time and peak memory",
     "training-tax": "Step and forward time of a sparsified MLP over dense, per masking mode (parametrize, hook)",
     "jax-shard": "eoi_jax sharded init: host memory and time per device shard against the whole kernel, per layout",
+    "torch-shard": "eoi_torch on FSDP2: per-rank CPU time and peak memory of sparsify for W ranks against one process",
 }
