@@ -21,6 +21,10 @@ EOIMask           the parametrization ``weight = original * mask``
 keep_masks        re-zero hook-mode weights after every step of an optimizer
 SparsifyReport    what ``sparsify`` returns (:class:`eoi_core.report.SparsifyReport`)
 pai               SNIP / GraSP / SynFlow densities (``distribution=``) and their own masks (Base)
+
+``eoi_`` and ``sparsify`` also take ``DTensor`` parameters (FSDP2's ``fully_shard``,
+``Shard`` / ``Replicate`` placements): each rank builds only its own shard, bit-identical
+to the single-process weight (:mod:`eoi_torch.distributed`).
 """
 
 from . import pai
