@@ -90,7 +90,7 @@ def module_rule(module: Any, parent: Any, name: str) -> Rule:
     return Rule(kind)  # unknown type: name_rule decides by rank
 
 
-def name_rule(name: str, shape: tuple[int, ...], kind: str = "?") -> Rule:
+def name_rule(name: str, shape: tuple[int, ...], kind: str = "unknown") -> Rule:
     """The :class:`Rule` for a kernel known only by its layer ``name`` and ``shape``."""
     if len(shape) == 2:
         return Rule(kind, "dense")

@@ -338,7 +338,7 @@ def sparsify(
             kernel_names.append(name)
         elif parameter not in _NOT_WEIGHTS:
             reason = "embedding table: a lookup, not a linear map" if parameter == "embedding" else "not a kernel"
-            kind = type(types[names[:-1]]).__name__ if names[:-1] in types else "?"
+            kind = type(types[names[:-1]]).__name__ if names[:-1] in types else "unknown"
             rows[index] = LayerReport.skipped(
                 name, kind, np.shape(value), jnp.result_type(value).name, reason, parameter
             )
@@ -355,7 +355,7 @@ def sparsify(
             continue
         name, shape, dtype = "/".join(names[:-1]), tuple(np.shape(value)), jnp.result_type(value).name
         found = _module_rule(types, names[:-1])
-        kind = found.kind if found is not None else "?"
+        kind = found.kind if found is not None else "unknown"
         rule = _user_rule(name, kind, layouts, groups)
         given = rule is not None
         if rule is None:
