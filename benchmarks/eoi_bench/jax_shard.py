@@ -166,13 +166,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     out = report.prepare_output(args.out)
     header = (f"density {args.density:g}, float32 + bool mask, one engine thread, in a child process; "
               f"peak = extra resident memory at the high-water mark of one host_eoi (whole) or host_shard call.")
-    text = table(rows)
-    print(header)
-    print(text)
-    path = plot(rows, out)
-    report.write_text(out / "jax_shard.md", header + "\n\n" + text)
-    report.write_json(out / "jax_shard.json", {"rows": rows})
-    print(f"wrote {path}, {out / 'jax_shard.md'} and {out / 'jax_shard.json'}")
+    report.publish(out, "jax_shard", header, table(rows), {"rows": rows}, plot(rows, out))
     return rows
 
 

@@ -83,6 +83,15 @@ def write_json(path: Path, payload: Any) -> Path:
     return path
 
 
+def publish(out: Path, stem: str, header: str, table: str, payload: Any, figure: Path) -> None:
+    """Print ``header`` and ``table``, write ``<stem>.md`` and ``<stem>.json`` to ``out``, say what was written."""
+    print(header)
+    print(table)
+    write_text(out / f"{stem}.md", header + "\n\n" + table)
+    write_json(out / f"{stem}.json", payload)
+    print(f"wrote {figure}, {out / (stem + '.md')} and {out / (stem + '.json')}")
+
+
 def pyplot():
     """``matplotlib.pyplot`` on the ``Agg`` backend (imported lazily: it is slow to import)."""
     import matplotlib

@@ -270,12 +270,8 @@ def run(args: argparse.Namespace) -> list[dict]:
               f"every rank in its own process with one "
               f"engine thread; 'free' splits the rows of the wide Givens matrix, 'other' the other axis; "
               f"memory goal: peak <= 1.5 shard + bitsets + {FIXED_OVERHEAD >> 20} MiB.")
-    print(header)
-    print(table)
-    path = plot_shards(rows, out)
-    report.write_text(out / "shard.md", header + "\n\n" + table)
-    report.write_json(out / "shard.json", {"rows": rows, "ranks": [r.__dict__ for r in results]})
-    print(f"wrote {path}, {out / 'shard.md'} and {out / 'shard.json'}")
+    report.publish(out, "shard", header, table, {"rows": rows, "ranks": [r.__dict__ for r in results]},
+                   plot_shards(rows, out))
     return rows
 
 

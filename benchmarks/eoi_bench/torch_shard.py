@@ -197,13 +197,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     header = (f"Linear({width}, {4 * width}) + Linear({4 * width}, {width}), float32, density {args.density:g}; "
               f"sparsify(workers=1, verify=None), one engine thread per rank; W ranks of gloo on this machine "
               f"at once; least CPU and largest peak of {args.repeats} calls per rank.")
-    text = table(rows)
-    print(header)
-    print(text)
-    path = plot(rows, out)
-    report.write_text(out / "torch_shard.md", header + "\n\n" + text)
-    report.write_json(out / "torch_shard.json", {"rows": rows})
-    print(f"wrote {path}, {out / 'torch_shard.md'} and {out / 'torch_shard.json'}")
+    report.publish(out, "torch_shard", header, table(rows), {"rows": rows}, plot(rows, out))
     return rows
 
 
