@@ -1,7 +1,7 @@
 """Multi-process checks of eoi_torch on DTensors and FSDP2, run by tests/test_torch_distributed.py.
 
 ``python tests/torch_distributed_check.py WORLD`` spawns ``WORLD`` CPU processes
-(gloo, 127.0.0.1, a free port); every rank runs every check below and compares
+(gloo on the loopback interface, a file rendezvous); every rank runs every check below and compares
 its own shard with what one process computes from the same seeds.  Any failed
 check raises in its rank, so the command exits non-zero with the traceback.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
+import tempfile
 import sys
 import warnings
 from pathlib import Path
@@ -305,14 +305,16 @@ def check_sparsify_then_shard(rank: int, world: int, mode: str) -> None:
     train(model, 1)
 
 
-def run(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), EOI_NUM_THREADS="1")
+def run(rank: int, world: int, store: str) -> None:
+    # Rendezvous through a file (no port to pick, so no race with other processes for a free
+    # port); gloo's own connections stay on the loopback interface.
+    os.environ.update(GLOO_SOCKET_IFNAME="lo", EOI_NUM_THREADS="1")
     sys.path[:0] = [str(ROOT / "adapters"), str(ROOT)]
     # This test model's layers return views (attention output, LSTM output): FSDP2 warns about in-place
     # use, which these checks do not make.
     warnings.filterwarnings("ignore", message=".*returned a view tensor")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         check_eoi(rank, world)
         for mode in ("parametrize", "hook"):
@@ -327,12 +329,7 @@ def run(rank: int, world: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 if __name__ == "__main__":
     world = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-    mp.spawn(run, args=(world, free_port()), nprocs=world, join=True)
+    with tempfile.TemporaryDirectory() as directory:
+        mp.spawn(run, args=(world, os.path.join(directory, "store")), nprocs=world, join=True)
