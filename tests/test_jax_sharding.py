@@ -299,16 +299,19 @@ def _free_port() -> int:
 def test_each_process_builds_only_its_addressable_shards():
     # Two processes of two CPU devices each share one 4-device mesh.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "EOI_NUM_THREADS": "1"}
-    port = _free_port()
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PRELUDE.format(devices=2) + PROCESS.replace("{port}", str(port)).replace(
-                "{process}", str(process))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )
-        for process in range(2)
-    ]
-    outputs = [run.communicate(timeout=180) for run in runs]
+    for _ in range(3):  # a new port if another process took the probed one before the coordinator bound it
+        port = _free_port()
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PRELUDE.format(devices=2) + PROCESS.replace("{port}", str(port)).replace(
+                    "{process}", str(process))],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )
+            for process in range(2)
+        ]
+        outputs = [run.communicate(timeout=180) for run in runs]
+        if not any("ddress already in use" in err for _, err in outputs):
+            break
     for run, (out, err) in zip(runs, outputs):
         assert run.returncode == 0, err[-4000:]
         assert REMAT not in err
