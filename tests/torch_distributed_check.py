@@ -5,8 +5,8 @@
 its own shard with what one process computes from the same seeds.  Any failed
 check raises in its rank, so the command exits non-zero with the traceback.
 
-1. ``eoi_`` on DTensors: ``Shard(0)``, ``Shard(1)``, ``Replicate()`` on a 1-D
-   mesh and pairs of them on a 2-D mesh (world 4), dense and grouped conv
+1. ``eoi_`` on DTensors: ``Shard(0)``, ``Shard(1)``, ``Replicate()`` and strided
+   shards on a 1-D mesh and pairs of them on a 2-D mesh (world 4), dense and grouped conv
    weights, uneven shards: local shard and mask equal the single-process
    weight's shard bit for bit; torch's RNG advances as in one process.
 2. ``sparsify`` after ``fully_shard`` (both mask modes): weights, masks (DTensors
@@ -18,6 +18,11 @@ check raises in its rank, so the command exits non-zero with the traceback.
    ``verify="exact"`` on sharded weights; another scheme (``"kaiming"``).
 4. ``sparsify`` first, ``fully_shard`` after: train, ``layer.weight``, ``masks``,
    ``make_permanent``.
+5. FSDP2 on top of tensor parallelism (world 4, a (2, 2) ``dp`` x ``tp`` mesh:
+   column- and row-wise parallel layers, so strided shards), both mask modes:
+   every rank's local weight and mask equal the single-process slice, the
+   report is the single-process one, training keeps the stored shards zero off
+   their masks and tracks the single-process losses; ``make_permanent``.
 """
 
 from __future__ import annotations
@@ -88,22 +93,28 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def expected_local(reference: torch.Tensor, like) -> torch.Tensor:
-    """This rank's piece of the single-process ``reference``, cut by torch itself."""
+    """This rank's piece of the single-process ``reference``, cut by torch itself (every rank holds the
+    reference, so a local split: torch's scatter of strided shards needs even sizes)."""
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(reference.contiguous(), like.device_mesh, like.placements).to_local()
+    return distribute_tensor(reference.contiguous(), like.device_mesh, like.placements,
+                             src_data_rank=None).to_local()
 
 
 def check_eoi(rank: int, world: int) -> None:
     import eoi_torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.placement_types import _StridedShard
 
     meshes = [(init_device_mesh("cpu", (world,)), [(Shard(0),), (Shard(1),), (Replicate(),)])]
+    # Strided shards (FSDP2 on top of tensor parallelism) hold several runs of rows or columns.
+    meshes[0][1].extend([(_StridedShard(0, split_factor=2),), (_StridedShard(1, split_factor=3),)])
     if world == 4:
         meshes.append((init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp")), [
             (Shard(0), Shard(1)), (Shard(1), Shard(0)), (Replicate(), Shard(0)), (Shard(0), Shard(0)),
-            (Shard(1), Replicate())]))
+            (Shard(1), Replicate()), (_StridedShard(0, split_factor=2), Shard(0)),
+            (_StridedShard(1, split_factor=2), Shard(1)), (Shard(1), _StridedShard(0, split_factor=3))]))
     cases = [((50, 21), {}, torch.float32), ((21, 50), {}, torch.float32),
              ((24, 6, 3, 3), {"groups": 2, "center_density": "sqrt"}, torch.float32),
              ((30, 30), {"gain": 2.0}, torch.bfloat16)]
@@ -114,7 +125,7 @@ def check_eoi(rank: int, world: int) -> None:
                 reference = torch.empty(shape, dtype=dtype)
                 reference_mask = eoi_torch.eoi_(reference, DENSITY, **options)
                 after = torch.randint(0, 2**31, (4,))
-                tensor = distribute_tensor(torch.zeros(shape, dtype=dtype), mesh, list(placements))
+                tensor = distribute_tensor(torch.zeros(shape, dtype=dtype), mesh, list(placements), src_data_rank=None)
                 torch.manual_seed(3)
                 mask = eoi_torch.eoi_(tensor, DENSITY, **options)
                 where = f"rank {rank}, {shape}, {placements}"
@@ -179,6 +190,21 @@ def assert_off_mask_zero(model: nn.Module, where: str) -> None:
     masks = {key: whole(mask) for key, mask in eoi_torch.masks(model).items()}
     for key, weight in effective_weights(model).items():
         assert int(weight[~masks[key]].count_nonzero()) == 0, f"{where}: {key} moved off its mask"
+
+
+def assert_shards_off_mask_zero(model: nn.Module, where: str) -> None:
+    """Every masked parameter as stored (the sharded ``original`` in parametrize mode) is zero off its
+    mask, rank by rank, on the local shards."""
+    import eoi_torch
+
+    parameters = dict(model.named_parameters())
+    for key, mask in eoi_torch.masks(model).items():
+        layer, name = (key, "weight") if key in dict(model.named_modules()) else key.rsplit(".", 1)
+        prefix = f"{layer}." if layer else ""
+        parameter = parameters.get(f"{prefix}parametrizations.{name}.original", parameters.get(f"{prefix}{name}"))
+        local, local_mask = parameter.to_local(), mask.to_local()
+        assert local.shape == local_mask.shape, f"{where}: {key}"
+        assert int(local[~local_mask].count_nonzero()) == 0, f"{where}: the stored {key} moved off its mask"
 
 
 def reference_run(mode: str) -> tuple[Net, object, list[float]]:
@@ -305,6 +331,80 @@ def check_sparsify_then_shard(rank: int, world: int, mode: str) -> None:
     train(model, 1)
 
 
+class MLP(nn.Module):
+    """Two tensor-parallel layers (column- then row-wise, as in a transformer's MLP) and a plain head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(6, 10)
+        self.down = nn.Linear(10, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.down(torch.relu(self.up(x)))))
+
+
+def train_mlp(model: nn.Module, steps: int = 3) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(5)
+    losses = []
+    for _ in range(steps):
+        x, y = torch.randn(8, 6, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def check_fsdp_tp(rank: int, world: int, mode: str) -> None:
+    """FSDP2 over ``dp`` on top of tensor parallelism over ``tp`` (a (2, 2) mesh): strided shards."""
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    where = f"rank {rank}, FSDP2 + TP, mode={mode}"
+    torch.manual_seed(0)
+    reference = MLP()
+    model = copy.deepcopy(reference)
+    torch.manual_seed(1)
+    reference_report = eoi_torch.sparsify(reference, DENSITY, mode=mode)
+    reference_losses = train_mlp(copy.deepcopy(reference))
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    fully_shard(model, mesh=mesh["dp"])
+    assert isinstance(model.up.weight.placements[0], _StridedShard), model.up.weight.placements
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode)
+    check_same_report(report, reference_report, where)
+    masks, reference_masks = eoi_torch.masks(model), eoi_torch.masks(reference)
+    assert sorted(masks) == sorted(reference_masks) == ["down", "head", "up"], where
+    weights, reference_weights = effective_weights(model), effective_weights(reference)
+    for key, mask in masks.items():
+        parameter = dict(model.named_parameters())[  # the sharded parameter, either mode
+            f"{key}.parametrizations.weight.original" if mode == "parametrize" else f"{key}.weight"]
+        assert tuple(mask.placements) == tuple(parameter.placements), f"{where}: {key}"
+        assert torch.equal(mask.to_local(), expected_local(reference_masks[key], parameter)), f"{where}: mask {key}"
+        assert torch.equal(parameter.to_local(), expected_local(reference_weights[key], parameter)), (
+            f"{where}: weight {key}")
+        assert torch.equal(weights[key], reference_weights[key]), f"{where}: layer.weight {key}"
+    losses = train_mlp(model)
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
+        f"{where}: losses {losses} against one process {reference_losses}")
+    assert_off_mask_zero(model, where)
+    assert_shards_off_mask_zero(model, where)
+    before = effective_weights(model)
+    eoi_torch.make_permanent(model)
+    assert eoi_torch.masks(model) == {}, where
+    for key in ("up", "down", "head"):
+        assert torch.equal(whole(model.get_submodule(key).weight).detach(), before[key]), f"{where}: {key}"
+    train_mlp(model, 1)
+
+
 def run(rank: int, world: int, store: str) -> None:
     # Rendezvous through a file (no port to pick, so no race with other processes for a free
     # port); gloo's own connections stay on the loopback interface.
@@ -322,6 +422,9 @@ def run(rank: int, world: int, store: str) -> None:
             check_sparsify_then_shard(rank, world, mode)
         check_sparsify_sharded(rank, world, "parametrize", meta=True)
         check_scheme(rank, world)
+        if world == 4:
+            for mode in ("parametrize", "hook"):
+                check_fsdp_tp(rank, world, mode)
         dist.barrier()
         if rank == 0:
             print(f"world {world}: all checks passed", flush=True)

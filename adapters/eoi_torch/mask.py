@@ -54,7 +54,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .distributed import conform, fsdp_params, is_dtensor, move_fsdp_param
+from .distributed import conform, fsdp_params, gather, is_dtensor, is_gathered, move_fsdp_param
 
 __all__ = ["EOIMask", "masks", "make_permanent", "prepare_for_load", "keep_masks", "MODES"]
 
@@ -116,8 +116,9 @@ class EOIMask(nn.Module):
         self._scale = _Scale()
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        if is_dtensor(self.mask) and not is_dtensor(original):
-            # FSDP2's all-gathered weight inside forward: the mask is gathered for this multiply only
+        if is_gathered(original, self.mask):
+            # FSDP2's all-gathered weight inside forward (a DTensor on the TP sub-mesh with tensor
+            # parallelism): the mask is gathered for this multiply only
             # (never kept: that would hold every layer's whole mask); the gradient is masked on the
             # sharded parameter by the hook `attach` registered.
             return _GatheredMask.apply(original, self.mask)
@@ -136,12 +137,12 @@ class EOIMask(nn.Module):
 
 
 class _GatheredMask(torch.autograd.Function):
-    """``original * mask`` for a whole ``original`` and a sharded (DTensor) ``mask``; the gradient passes
+    """``original * mask`` for FSDP2's unsharded ``original`` and the sharded (DTensor) ``mask``; the gradient passes
     through unmasked (the sharded gradient is masked after FSDP2's reduce-scatter), so nothing whole is saved."""
 
     @staticmethod
     def forward(ctx: Any, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return original * mask.full_tensor().to(device=original.device, dtype=original.dtype)
+        return original * gather(mask, original).to(device=original.device, dtype=original.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -201,7 +202,7 @@ def arm(module: nn.Module) -> None:
         parameter = module._parameters.get(name[len(_PREFIX):])
         if parameter is None or parameter in _ARMED:
             continue
-        if is_dtensor(buffer) and not is_dtensor(parameter):
+        if is_gathered(parameter, buffer):
             continue  # FSDP2's whole weight inside forward: its sharded parameter holds the hook
         handle = parameter.register_post_accumulate_grad_hook(_GradMask(module, name))
         _ARMED[parameter] = (module, name, handle)
