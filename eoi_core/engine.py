@@ -61,11 +61,14 @@ def _popcount(typingctx, word):
 
 
 @jit(nogil=True)
-def _pattern(bits, counts, nnz, budget, first, second, limit):
+def _pattern(bits, counts, nnz, budget, first, second, limit, touched):
     """Advance the support pattern through at most ``limit`` rotations.
 
     Returns ``(rotations applied, nnz, stopped)``; ``stopped`` is True when the
     next rotation would exceed ``budget`` or the support has reached it.
+    ``touched[t]`` (zero on entry) gets bit ``w`` set for every bitset word
+    ``w`` that rotation ``t`` touches (where either column has a row): the
+    value pass of word ``w`` replays only those rotations.
     """
     words = bits.shape[1]
     for t in range(limit):
@@ -78,8 +81,14 @@ def _pattern(bits, counts, nnz, budget, first, second, limit):
         if count_i == 0 and count_j == 0:
             continue  # two empty columns: the rotation changes nothing
         union_bits = np.uint64(0)
+        lane_bits = np.uint64(0)
         for w in range(words):
-            union_bits += _popcount(bits[i, w] | bits[j, w])
+            word = bits[i, w] | bits[j, w]
+            union_bits += _popcount(word)
+            lane_bits |= np.uint64(word != 0) << np.uint64(w & 63)
+            if (w & 63) == 63 or w == words - 1:
+                touched[t, w >> 6] = lane_bits
+                lane_bits = np.uint64(0)
         union = np.int64(union_bits)
         grown = 2 * union - count_i - count_j
         if nnz + grown > budget:
@@ -93,6 +102,18 @@ def _pattern(bits, counts, nnz, budget, first, second, limit):
             counts[j] = union
             nnz += grown
     return limit, nnz, False
+
+
+@intrinsic
+def _select(typingctx, condition, if_true, if_false):
+    """LLVM's ``select`` on two float64: ``if_true if condition else if_false`` without a branch."""
+    if condition != types.boolean or if_true != types.float64 or if_false != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return types.float64(types.boolean, types.float64, types.float64), codegen
 
 
 @intrinsic
@@ -133,96 +154,105 @@ def _below_lowest(word):
 
 
 @jit(nogil=True)
-def _word_values(bits, w, keep, first, second, cos, sin):
+def _word_values(bits, w, keep, first, second, cos, sin, touched):
     """Replay the rotations on the rows ``64 w + b`` (``b`` a set bit of ``keep``) only.
 
     Column ``j``'s entries among these rows are the set bits of
     ``final[j] = bits[j, w] & keep``, stored in row order in the slot
-    ``values[starts[j]:starts[j + 1]]``: the entry of row ``64 w + b`` sits at
-    ``starts[j] + popcount(final[j] & (2^b - 1))``.  The current support of
+    ``values[start[j]:start[j + 1]]``: the entry of row ``64 w + b`` sits at
+    ``start[j] + popcount(final[j] & (2^b - 1))``.  The current support of
     each column among them is one word, so a rotation costs O(1) plus its
     entries, and every entry sees the same float64 operations as in a replay
-    of all rows.  Returns ``(final, starts, values)``.
+    of all rows.  Only the rotations that touch word ``w`` (bit ``w`` of
+    ``touched[t]``) are replayed.  Each entry of a rotation's union is updated
+    by one branch-free step: the three cases (in both columns, only in ``i``,
+    only in ``j``) are all computed and the right one selected, so the only
+    unpredictable branch left is the end of the union.
+
+    Returns ``(meta, values)``: ``meta[j] = (final[j], start[j])`` for
+    ``j <= cols`` (``start[cols]`` is the number of entries).  Indices are
+    unsigned so that Numba adds no negative-index wraparound.
     """
     one = np.uint64(1)
     cols = bits.shape[0]
-    final = np.empty(cols, dtype=np.uint64)
-    starts = np.empty(cols + 1, dtype=np.int64)
-    starts[0] = 0
+    meta = np.empty((cols + 1, 2), dtype=np.uint64)  # (final, start) side by side: one cache line per column
+    start = np.uint64(0)
     for j in range(cols):
         word = bits[j, w] & keep
-        final[j] = word
-        starts[j + 1] = starts[j] + np.int64(_popcount(word))
-    values = np.empty(starts[cols], dtype=np.float64)
+        meta[j, 0] = word
+        meta[j, 1] = start
+        start += _popcount(word)
+    meta[cols, 0] = 0
+    meta[cols, 1] = start
+    values = np.zeros(start, dtype=np.float64)  # zeros: a step may read a slot it is about to fill
     current = np.zeros(cols, dtype=np.uint64)
     rest = keep
     while rest:  # the identity: column r holds row r
         low = rest & (np.uint64(0) - rest)
-        r = 64 * w + np.int64(_trailing_zeros(rest))
+        r = np.uint64(64 * w) + _trailing_zeros(rest)
         current[r] = low
-        values[starts[r] + np.int64(_popcount(final[r] & (low - one)))] = 1.0
+        values[meta[r, 1] + _popcount(meta[r, 0] & (low - one))] = 1.0
         rest &= rest - one
-    for t in range(first.shape[0]):
-        i = first[t]
-        j = second[t]
+    lane = w >> 6
+    shift = np.uint64(w & 63)
+    rotations = first.shape[0]
+    order = np.empty(rotations, dtype=np.uint32)
+    count = 0
+    for t in range(rotations):  # branch-free compaction of the rotations that touch this word
+        order[count] = t
+        count += np.int64((touched[t, lane] >> shift) & one)
+    for k in range(count):
+        t = np.uint64(order[k])
+        i = np.uint64(first[t])
+        j = np.uint64(second[t])
         support_i = current[i]
         support_j = current[j]
-        if (support_i | support_j) == 0:
-            continue  # neither column holds one of these rows yet
+        union = support_i | support_j
         c = cos[t]
         s = sin[t]
-        final_i = final[i]
-        final_j = final[j]
-        base_i = starts[i]
-        base_j = starts[j]
-        rest = support_i & support_j
+        final_i = meta[i, 0]
+        final_j = meta[j, 0]
+        base_i = meta[i, 1]
+        base_j = meta[j, 1]
+        rest = union
         while rest:
-            below = _below_lowest(rest)
-            p = base_i + np.int64(_popcount(final_i & below))
-            q = base_j + np.int64(_popcount(final_j & below))
+            low = rest & (np.uint64(0) - rest)
+            below = low - one
+            # both slots exist: the row is in the union, and the union is in both final supports
+            p = base_i + _popcount(final_i & below)
+            q = base_j + _popcount(final_j & below)
+            in_i = (support_i & low) != 0
+            in_j = (support_j & low) != 0
             a = values[p]
             b = values[q]
-            values[p] = c * a - s * b
-            values[q] = s * a + c * b
+            ca = c * a
+            sb = s * b
+            sa = s * a
+            cb = c * b
+            # in both: (c a - s b, s a + c b); only in i: (c a, s a); only in j: (-(s b), c b)
+            values[p] = _select(in_i, _select(in_j, ca - sb, ca), -sb)
+            values[q] = _select(in_i, _select(in_j, sa + cb, sa), cb)
             rest &= rest - one
-        rest = support_i & ~support_j
-        while rest:  # only in column i: column j gains the row
-            below = _below_lowest(rest)
-            p = base_i + np.int64(_popcount(final_i & below))
-            q = base_j + np.int64(_popcount(final_j & below))
-            a = values[p]
-            values[q] = s * a
-            values[p] = c * a
-            rest &= rest - one
-        rest = support_j & ~support_i
-        while rest:  # only in column j: column i gains the row
-            below = _below_lowest(rest)
-            p = base_i + np.int64(_popcount(final_i & below))
-            q = base_j + np.int64(_popcount(final_j & below))
-            b = values[q]
-            values[p] = -(s * b)
-            values[q] = c * b
-            rest &= rest - one
-        union = support_i | support_j
         current[i] = union
         current[j] = union
-    return final, starts, values
+    return meta, values
 
 
 @jit(nogil=True)
-def _scatter_word(weight_bits, mask, final, starts, value_bits, w, row0, col0, col1, transposed):
+def _scatter_word(weight_bits, mask, meta, value_bits, w, row0, col0, col1, transposed):
     """Write the columns ``[col0, col1)`` of one word's rows into the output.
 
-    ``value_bits[p - starts[col0]]`` is the cast value of slot entry ``p``;
+    ``meta`` is :func:`_word_values`' ``(final, start)`` table;
+    ``value_bits[p - start[col0]]`` is the cast value of slot entry ``p``;
     the output holds ``G[row0:, col0:col1]`` (its transpose when
     ``transposed``).  Columns are walked in order and rows within a column in
     order, so only a few cache lines per output row are in flight.
     """
     one = np.uint64(1)
-    base = starts[col0]
+    base = meta[col0, 1]
     for j in range(col0, col1):
-        rest = final[j]
-        p = starts[j] - base
+        rest = meta[j, 0]
+        p = meta[j, 1] - base
         while rest:
             r = 64 * w + np.int64(_trailing_zeros(rest)) - row0
             if transposed:
@@ -231,41 +261,52 @@ def _scatter_word(weight_bits, mask, final, starts, value_bits, w, row0, col0, c
             else:
                 weight_bits[r, j - col0] = value_bits[p]
                 mask[r, j - col0] = True
-            p += 1
+            p += one
             rest &= rest - one
 
 
 @jit(nogil=True)
-def _word_counts(bits, first_word, keeps, col0, col1):
-    """Entries of each word (``keeps[k]`` of word ``first_word + k``) in the columns ``[col0, col1)``."""
-    counts = np.zeros(keeps.shape[0], dtype=np.int64)
-    for j in range(col0, col1):
-        for k in range(keeps.shape[0]):
-            counts[k] += np.int64(_popcount(bits[j, first_word + k] & keeps[k]))
-    return counts
+def _band_counts(bits, first_word, keeps, edges):
+    """Entries of each word before each band edge: ``table[b, k]`` counts word ``first_word + k``'s entries
+    (``bits[j, first_word + k] & keeps[k]``) in the columns ``edges[0] <= j < edges[b]``."""
+    words = keeps.shape[0]
+    table = np.zeros((edges.shape[0], words), dtype=np.int64)
+    running = np.zeros(words, dtype=np.int64)
+    for b in range(1, edges.shape[0]):
+        for j in range(edges[b - 1], edges[b]):
+            for k in range(words):
+                running[k] += np.int64(_popcount(bits[j, first_word + k] & keeps[k]))
+        table[b, :] = running
+    return table
 
 
 @jit(nogil=True)
-def _gather_rows(weight_bits, mask, bits, first_word, keeps, starts, offsets, value_bits, row0, col0, j0, j1):
+def _gather_band(weight_bits, mask, bits, first_word, keeps, cursor, value_bits, row0, col0, j0, j1):
     """Weight is ``G^T``: write its rows ``j0 .. j1 - 1`` (columns of ``G``) one after another.
 
-    Word ``k``'s entries of column ``j`` are the set bits of
-    ``bits[j, first_word + k] & keeps[k]``, in row order, from
-    ``value_bits[offsets[k] + starts[k, j - col0]]`` on; each output row is
-    written from left to right.
+    Word ``k``'s cast values sit in ``value_bits`` column after column, each
+    column's in row order, so one cursor per word walks forward as the rows
+    are written: ``cursor[k]`` (advanced in place) is where column ``j0``'s
+    entries of word ``first_word + k`` start.  The entries of column ``j``
+    are the set bits of ``bits[j, first_word + k] & keeps[k]``; each output
+    row is written from left to right.
     """
     one = np.uint64(1)
     for j in range(j0, j1):
+        out_row = j - col0
         for k in range(keeps.shape[0]):
             rest = bits[j, first_word + k] & keeps[k]
-            p = offsets[k] + starts[k, j - col0]
+            if rest == 0:
+                continue
+            p = cursor[k]
             base = 64 * (first_word + k) - row0
             while rest:
                 r = base + np.int64(_trailing_zeros(rest))
-                weight_bits[j - col0, r] = value_bits[p]
-                mask[j - col0, r] = True
+                weight_bits[out_row, r] = value_bits[p]
+                mask[out_row, r] = True
                 p += 1
                 rest &= rest - one
+            cursor[k] = p
 
 
 @jit(nogil=True)
@@ -395,7 +436,9 @@ class Pattern:
 
     ``bits[j]`` is the final support of column ``j`` (a bitset of ``rows``
     bits), ``counts[j]`` its size, ``nnz`` their sum; ``first``, ``second``,
-    ``cos``, ``sin`` are the rotations applied, in order.
+    ``cos``, ``sin`` are the rotations applied, in order; bit ``w % 64`` of
+    ``touched[t, w // 64]`` says whether rotation ``t`` touches bitset word
+    ``w`` (8 bytes per rotation per 4096 rows).
     """
 
     rows: int
@@ -407,6 +450,7 @@ class Pattern:
     second: np.ndarray
     cos: np.ndarray
     sin: np.ndarray
+    touched: np.ndarray
 
 
 def pattern_pass(
@@ -418,6 +462,7 @@ def pattern_pass(
     (``None``: no budget) or after ``max_rotations``, as the reference does.
     """
     words = (rows + 63) // 64
+    lanes = (words + 63) // 64
     bits = np.zeros((cols, words), dtype=np.uint64)
     diagonal = np.arange(rows)
     bits[diagonal, diagonal // 64] = np.left_shift(np.uint64(1), (diagonal % 64).astype(np.uint64))
@@ -431,16 +476,18 @@ def pattern_pass(
     while not stopped:
         first, second, cos, sin = stream.next_block()
         limit = min(first.shape[0], remaining)
-        applied, nnz, stopped = _pattern(bits, counts, nnz, limit_budget, first, second, limit)
-        blocks.append((first[:applied], second[:applied], cos[:applied], sin[:applied]))
+        touched = np.zeros((first.shape[0], lanes), dtype=np.uint64)
+        applied, nnz, stopped = _pattern(bits, counts, nnz, limit_budget, first, second, limit, touched)
+        blocks.append((first[:applied], second[:applied], cos[:applied], sin[:applied], touched[:applied]))
         remaining -= applied
         stopped = stopped or remaining == 0
     if blocks:
-        first, second, cos, sin = (np.concatenate(parts) for parts in zip(*blocks))
+        first, second, cos, sin, touched = (np.concatenate(parts) for parts in zip(*blocks))
     else:
         first = second = np.empty(0, dtype=np.int64)
         cos = sin = np.empty(0, dtype=np.float64)
-    return Pattern(rows, cols, bits, counts, int(nnz), first, second, cos, sin)
+        touched = np.empty((0, lanes), dtype=np.uint64)
+    return Pattern(rows, cols, bits, counts, int(nnz), first, second, cos, sin, touched)
 
 
 def _tasks(pattern: Pattern, lo: int, hi: int, threads: int) -> list[tuple[int, int]]:
@@ -469,25 +516,26 @@ def _keep(w: int, lo: int, hi: int) -> np.uint64:
 
 def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, transposed, gain, dtype):
     for w in range(word0, word1):
-        final, starts, values = _word_values(
-            pattern.bits, w, _keep(w, lo, hi), pattern.first, pattern.second, pattern.cos, pattern.sin
+        meta, values = _word_values(
+            pattern.bits, w, _keep(w, lo, hi), pattern.first, pattern.second, pattern.cos, pattern.sin,
+            pattern.touched,
         )
-        values = values[starts[col0] : starts[col1]]
+        values = values[meta[col0, 1] : meta[col1, 1]]
         if gain != 1.0:
             values *= gain
         value_bits = values.astype(dtype).view(weight_bits.dtype)
-        _scatter_word(weight_bits, mask, final, starts, value_bits, w, lo, col0, col1, transposed)
+        _scatter_word(weight_bits, mask, meta, value_bits, w, lo, col0, col1, transposed)
 
 
-def _replay_word(pattern, k, w, keep, col0, col1, starts, offsets, value_bits, gain, dtype):
-    """Replay word ``w`` and keep its cast values of the columns ``[col0, col1)`` (for :func:`_gather_rows`)."""
-    _, word_starts, values = _word_values(pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin)
-    base = word_starts[col0]
-    starts[k] = word_starts[col0:col1] - base
-    values = values[base : word_starts[col1]]
+def _replay_word(pattern, k, w, keep, col0, col1, offsets, value_bits, gain, dtype):
+    """Replay word ``w`` and keep its cast values of the columns ``[col0, col1)`` at ``value_bits[offsets[k]:]``."""
+    meta, values = _word_values(
+        pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched
+    )
+    values = values[meta[col0, 1] : meta[col1, 1]]
     if gain != 1.0:
         values *= gain
-    value_bits[offsets[k] : offsets[k] + values.shape[0]] = values.astype(dtype).view(value_bits.dtype)
+    value_bits[offsets[k] : offsets[k + 1]] = values.astype(dtype).view(value_bits.dtype)
 
 
 def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads):
@@ -496,31 +544,30 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
     Rows of the weight are contiguous, so writing them in order streams
     through the output instead of visiting every row once per word; the
     price is holding the rectangle's cast values (one output item per
-    non-zero) and their slot offsets (8 bytes per column per word) until then.
+    non-zero) until then.  Bands of output rows run on threads, each with its
+    own cursors into the words' values.
     """
     (lo, hi), (col0, col1) = rows, cols
     if pattern.nnz * (hi - lo) / max(pattern.rows, 1) < THREAD_ENTRIES:
         threads = 1  # hand-offs would cost more than the work
     first_word, last_word = lo // 64, (hi + 63) // 64
     keeps = np.array([_keep(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
-    counts = _word_counts(pattern.bits, first_word, keeps, col0, col1)
+    parts = max(1, min(4 * threads, col1 - col0)) if threads > 1 else 1
+    edges = np.array([col0 + ((col1 - col0) * b) // parts for b in range(parts + 1)], dtype=np.int64)
+    table = _band_counts(pattern.bits, first_word, keeps, edges)
     offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    starts = np.empty((keeps.shape[0], col1 - col0), dtype=np.int64)
+    np.cumsum(table[-1], out=offsets[1:])
     value_bits = np.empty(offsets[-1], dtype=weight_bits.dtype)
     replay = [
-        partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, starts, offsets, value_bits, gain,
-                dtype)
+        partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, offsets, value_bits, gain, dtype)
         for k in range(keeps.shape[0])
     ]
     run_all(replay, threads)
-    parts = max(1, min(4 * threads, (col1 - col0) // 64)) if threads > 1 else 1
-    edges = [col0 + ((col1 - col0) * k) // parts for k in range(parts + 1)]
     write = [
-        partial(_gather_rows, weight_bits, mask, pattern.bits, first_word, keeps, starts, offsets, value_bits, lo,
-                col0, j0, j1)
-        for j0, j1 in zip(edges[:-1], edges[1:])
-        if j1 > j0
+        partial(_gather_band, weight_bits, mask, pattern.bits, first_word, keeps, offsets[:-1] + table[b],
+                value_bits, lo, col0, edges[b], edges[b + 1])
+        for b in range(parts)
+        if edges[b + 1] > edges[b]
     ]
     run_all(write, threads)
 
