@@ -22,7 +22,13 @@ check raises in its rank, so the command exits non-zero with the traceback.
    column- and row-wise parallel layers, so strided shards), both mask modes:
    every rank's local weight and mask equal the single-process slice, the
    report is the single-process one, training keeps the stored shards zero off
-   their masks and tracks the single-process losses; ``make_permanent``.
+   their masks and tracks the single-process losses; ``state_dict`` and
+   ``torch.distributed.checkpoint`` round trips; ``make_permanent``.
+6. Saving and loading a sharded, sparsified, trained model (world 2, both
+   modes): ``state_dict`` into a freshly sharded model after
+   ``prepare_for_load``, and ``torch.distributed.checkpoint`` ``save``/``load``
+   into a freshly sharded, sparsified one: weights and masks equal the saved
+   ones bit for bit, and further training keeps the zeros.
 """
 
 from __future__ import annotations
@@ -331,6 +337,54 @@ def check_sparsify_then_shard(rank: int, world: int, mode: str) -> None:
     train(model, 1)
 
 
+def check_state_dict(rank: int, world: int, mode: str, directory: str) -> None:
+    """A sharded, sparsified, trained model saved and loaded: ``state_dict``/``load_state_dict`` into a
+    fresh sharded model (``prepare_for_load``), and ``torch.distributed.checkpoint`` save/load."""
+    import eoi_torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+
+    where = f"rank {rank}, state dict, mode={mode}"
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = shard(Net(), mesh)
+    torch.manual_seed(1)
+    eoi_torch.sparsify(model, DENSITY, mode=mode)
+    train(model, 2)
+    state = model.state_dict()
+    saved = {key: value.to_local().clone() for key, value in state.items()}
+    dcp.save(state, checkpoint_id=directory)
+
+    def same_as_saved(fresh: nn.Module, how: str) -> None:
+        loaded = fresh.state_dict()
+        assert sorted(loaded) == sorted(saved), f"{where}, {how}: keys {sorted(loaded)}"
+        for key, value in loaded.items():
+            assert type(value).__name__ == "DTensor", f"{where}, {how}: {key} is a {type(value)}"
+            assert torch.equal(value.to_local(), saved[key]), f"{where}, {how}: {key}"
+        for key, mask in eoi_torch.masks(fresh).items():
+            assert torch.equal(mask.full_tensor(), eoi_torch.masks(model)[key].full_tensor()), f"{where}: {key}"
+        assert_shards_off_mask_zero(fresh, f"{where}, {how}")
+        train(fresh, 2)  # the loaded masks keep the zeros in training
+        assert_off_mask_zero(fresh, f"{where}, {how}, trained")
+        assert_shards_off_mask_zero(fresh, f"{where}, {how}, trained")
+
+    torch.manual_seed(7)
+    fresh = eoi_torch.prepare_for_load(shard(Net(), mesh), state)
+    result = fresh.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys, f"{where}: {result}"
+    same_as_saved(fresh, "load_state_dict")
+
+    # torch.distributed.checkpoint loads in place into a model of the same structure: sparsify a freshly
+    # sharded model (any seed, the same mode), then load.
+    torch.manual_seed(7)
+    fresh = shard(Net(), mesh)
+    eoi_torch.sparsify(fresh, DENSITY, mode=mode)
+    loading = fresh.state_dict()
+    dcp.load(loading, checkpoint_id=directory)
+    fresh.load_state_dict(loading)
+    same_as_saved(fresh, "torch.distributed.checkpoint")
+
+
 class MLP(nn.Module):
     """Two tensor-parallel layers (column- then row-wise, as in a transformer's MLP) and a plain head."""
 
@@ -358,9 +412,10 @@ def train_mlp(model: nn.Module, steps: int = 3) -> list[float]:
     return losses
 
 
-def check_fsdp_tp(rank: int, world: int, mode: str) -> None:
+def check_fsdp_tp(rank: int, world: int, mode: str, directory: str) -> None:
     """FSDP2 over ``dp`` on top of tensor parallelism over ``tp`` (a (2, 2) mesh): strided shards."""
     import eoi_torch
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -375,8 +430,12 @@ def check_fsdp_tp(rank: int, world: int, mode: str) -> None:
     reference_losses = train_mlp(copy.deepcopy(reference))
 
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
-    parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
-    fully_shard(model, mesh=mesh["dp"])
+
+    def parallel(model: MLP) -> MLP:
+        parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
+        return fully_shard(model, mesh=mesh["dp"])
+
+    parallel(model)
     assert isinstance(model.up.weight.placements[0], _StridedShard), model.up.weight.placements
     torch.manual_seed(1)
     report = eoi_torch.sparsify(model, DENSITY, mode=mode)
@@ -397,6 +456,25 @@ def check_fsdp_tp(rank: int, world: int, mode: str) -> None:
         f"{where}: losses {losses} against one process {reference_losses}")
     assert_off_mask_zero(model, where)
     assert_shards_off_mask_zero(model, where)
+
+    # Saved and loaded with strided shards: state_dict into a fresh model, and torch.distributed.checkpoint.
+    state = model.state_dict()
+    saved = {key: value.to_local().clone() for key, value in state.items()}
+    dcp.save(state, checkpoint_id=directory)
+    fresh = eoi_torch.prepare_for_load(parallel(MLP()), state)
+    result = fresh.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys, f"{where}: {result}"
+    other = parallel(MLP())
+    eoi_torch.sparsify(other, DENSITY, mode=mode)
+    loading = other.state_dict()
+    dcp.load(loading, checkpoint_id=directory)
+    other.load_state_dict(loading)
+    for how, loaded in (("load_state_dict", fresh), ("torch.distributed.checkpoint", other)):
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value.to_local(), saved[key]), f"{where}, {how}: {key}"
+        train_mlp(loaded, 2)
+        assert_shards_off_mask_zero(loaded, f"{where}, {how}, trained")
+
     before = effective_weights(model)
     eoi_torch.make_permanent(model)
     assert eoi_torch.masks(model) == {}, where
@@ -422,9 +500,12 @@ def run(rank: int, world: int, store: str) -> None:
             check_sparsify_then_shard(rank, world, mode)
         check_sparsify_sharded(rank, world, "parametrize", meta=True)
         check_scheme(rank, world)
+        if world == 2:  # world 4 saves and loads strided shards in check_fsdp_tp
+            for mode in ("parametrize", "hook"):
+                check_state_dict(rank, world, mode, os.path.join(os.path.dirname(store), f"checkpoint-{mode}"))
         if world == 4:
             for mode in ("parametrize", "hook"):
-                check_fsdp_tp(rank, world, mode)
+                check_fsdp_tp(rank, world, mode, os.path.join(os.path.dirname(store), f"tp-{mode}"))
         dist.barrier()
         if rank == 0:
             print(f"world {world}: all checks passed", flush=True)

@@ -430,7 +430,10 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
     ``state_dict`` whose layer exists in ``model`` and is not masked yet, this
     registers the mask in the same mode (on the layer's device);
     ``load_state_dict`` then fills in the values.  Keys it cannot place are
-    left for ``load_state_dict`` to report.
+    left for ``load_state_dict`` to report.  On a sharded model (after
+    ``fully_shard`` or tensor parallelism) each mask is laid out like its
+    weight (a whole mask is cut to this rank's part), so a sharded model's
+    ``state_dict()`` loads into a freshly built and sharded one.
 
     Returns
     -------
@@ -450,6 +453,7 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
     <All keys matched successfully>
     """
     layers = dict(model.named_modules())
+    records = fsdp_params(model)
     hooked = []
     for key, value in state_dict.items():
         match, mode = _PARAMETRIZED_KEY.match(key), "parametrize"
@@ -471,7 +475,18 @@ def prepare_for_load(model: nn.Module, state_dict: Mapping[str, Any]) -> nn.Modu
                 f"layer {layer!r} has {tensor} of shape {tuple(current.shape)}; "
                 "a mask must be bool with the weight's shape"
             )
-        attach(module, tensor, value.to(current.device, copy=True), mode)
+        parameter = module._parameters.get(tensor)
+        if is_dtensor(parameter):
+            # A sharded parameter (fully_shard, tensor parallelism): the mask is laid out like it,
+            # FSDP2's record follows a parametrized one, and the parameter is masked in place
+            # (no swap of FSDP2's parameter object); load_state_dict then fills in both.
+            mask = conform(value, parameter)
+            mask = mask.clone() if mask is value else mask
+            with torch.no_grad():
+                parameter.to_local().mul_(mask.to_local().to(parameter.dtype))
+            attach(module, tensor, mask, mode, masked=True, fsdp=records.get(id(parameter)))
+        else:
+            attach(module, tensor, value.to(current.device, copy=True), mode)
         if mode == "hook":
             hooked.append(module)
     arm_from(model, hooked)
