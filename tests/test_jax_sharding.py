@@ -191,14 +191,65 @@ MESH_8 = textwrap.dedent(
         init = jax.jit(lambda k: eoi_jax.eoi(0.3, layout=layout, **options)(k, shape, out_sharding=sharding))
         same_shards(jax.block_until_ready(init(jax.random.key(5))), ref_w, spec)
 
-    print("--- control ---", file=sys.stderr, flush=True)
-    # an uneven split (no jax.Array has one) cannot be a shard_map block: one whole build, same values
-    ref = eoi_jax.eoi(0.3)(jax.random.key(2), (30, 8))
-    uneven = jax.jit(lambda k: eoi_jax.eoi(0.3)(k, (30, 8), out_sharding=NamedSharding(mesh, P("x"))))
+        # sharded only by jit's out_shardings: the partitioner hands each device its block
+        BUILT.clear()
+        auto = jax.jit(lambda k: eoi_jax.eoi_with_mask(k, shape, 0.3, layout=layout, **options),
+                       out_shardings=(sharding, sharding))
+        w, m = jax.block_until_ready(auto(jax.random.key(5)))
+        same_shards(w, ref_w, spec); same_shards(m, ref_m, spec)
+        assert len(BUILT) == 8 and all(size == np.prod(local) for _, size, _ in BUILT), (layout, local, BUILT)
+
+    # a model without annotations, sharded by jit's out_shardings alone
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(32, (3, 3), kernel_init=eoi_jax.eoi(0.2, layout="conv"))(x)
+            x = nn.Conv(64, (3, 3), feature_group_count=32, kernel_init=eoi_jax.eoi(0.2, groups=32))(x)
+            x = nn.DenseGeneral((8, 4), kernel_init=eoi_jax.eoi(0.25, groups=8, layout="einsum"))(x)
+            return nn.Dense(16, kernel_init=eoi_jax.eoi(0.25))(x.reshape(x.shape[:-2] + (32,)))
+
+    plain = Plain()
+    whole = jax.jit(plain.init)(jax.random.key(0), x)
+    specs = {"Conv_0": P(None, None, None, "x"), "Conv_1": P(None, None, None, ("x", "y")),
+             "DenseGeneral_0": P("y", "x"), "Dense_0": P(("x", "y"))}
+    with jax.set_mesh(mesh):
+        shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), jax.eval_shape(plain.init, jax.random.key(0), x))
+        for name, spec in specs.items():
+            shardings["params"][name]["kernel"] = NamedSharding(mesh, spec)
+        shardings["params"]["Dense_0"]["bias"] = NamedSharding(mesh, P("x"))
+        BUILT.clear()
+        sharded = jax.block_until_ready(jax.jit(plain.init, out_shardings=shardings)(jax.random.key(0), x))
+    for name, spec in specs.items():
+        same_shards(sharded["params"][name]["kernel"], whole["params"][name]["kernel"], spec)
+    assert len(BUILT) == 8 * 4, BUILT
+    sizes = {(32, 16, 3, 3): 32 * 16 * 9 // 4, (64, 1, 3, 3): 64 * 9 // 8, (32, 64): 32 * 64 // 8, (16, 32): 16 * 32 // 8}
+    assert all(size == sizes[shape] for shape, size, _ in BUILT), BUILT
+
+    # jit(sparsify) on plain arrays over Auto axes: every kernel and mask takes its input's sharding
+    reference = eoi_jax.sparsify(whole["params"], 0.2, jax.random.key(9), model=plain, inputs=(x,))
+    BUILT.clear()
+    with jax.set_mesh(mesh):
+        redone = jax.block_until_ready(jax.jit(lambda p, k: eoi_jax.sparsify(p, 0.2, k, model=plain, inputs=(x,)))(
+            sharded["params"], jax.random.key(9)))
+    for name, spec in specs.items():
+        same_shards(redone.params[name]["kernel"], reference.params[name]["kernel"], spec)
+        same_shards(redone.masks[name]["kernel"], reference.masks[name]["kernel"], spec)
+    same_shards(redone.masks["Dense_0"]["bias"], reference.masks["Dense_0"]["bias"], P("x"))
+    assert len(BUILT) == 8 * 4 and all(size == sizes[shape] for shape, size, _ in BUILT), BUILT
+
+    # an uneven split (no shard_map block): blocks of ceil(30 / 4) rows, the last one short
+    ref = eoi_jax.eoi(0.3)(jax.random.key(2), (8, 30))
+    BUILT.clear()
+    uneven = jax.jit(lambda k: eoi_jax.eoi(0.3)(k, (8, 30), out_sharding=NamedSharding(mesh, P(None, "x"))))
     np.testing.assert_array_equal(np.asarray(uneven(jax.random.key(2))), np.asarray(ref))
-    # control: the same kernel sharded only by jit's out_shardings is built whole on device 0
-    plain = jax.jit(lambda k: eoi_jax.eoi(0.25)(k, (64, 32)), out_shardings=NamedSharding(mesh, P("x", "y")))
-    jax.block_until_ready(plain(jax.random.key(0)))
+    assert sorted({rows for _, _, (rows, _) in BUILT}) == [(0, 8), (8, 16), (16, 24), (24, 30)], BUILT
+
+    print("--- control ---", file=sys.stderr, flush=True)
+    # control: a weight built by a plain host callback and sharded by out_shardings is built on device 0
+    control = jax.jit(lambda k: jax.pure_callback(lambda k: np.ones((64, 32), np.float32),
+                                                  jax.ShapeDtypeStruct((64, 32), jnp.float32), k),
+                      out_shardings=NamedSharding(mesh, P("x", "y")))
+    jax.block_until_ready(control(jax.random.key_data(jax.random.key(0))))
     print("ok")
     """
 )
@@ -268,6 +319,34 @@ MESH_4 = textwrap.dedent(
         scanned = jax.jit(stack.init, out_shardings=nn.get_sharding(abstract, auto))(jax.random.key(0), x)
     same_shards(nn.unbox(scanned)["params"]["ScanLayer_0"]["Dense_0"]["kernel"], whole, P(None, None, "x"))
     assert len(BUILT) == 3 * 4 and all(size == 32 * 8 for _, size, _ in BUILT), BUILT
+
+    # no annotation, no out_sharding=: the sharding XLA picks reaches the initializer at compile time
+    init = eoi_jax.eoi(0.25)
+    whole = init(jax.random.key(6), (16, 32))
+    for axes in (jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit):
+        mesh = jax.make_mesh((4,), ("x",), axis_types=(axes,))
+        BUILT.clear()
+        with jax.set_mesh(mesh):
+            split = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(mesh, spec))(jax.random.key(6))
+        same_shards(split, whole, spec)
+        assert sorted(BUILT) == [((32, 16), 16 * 8, ((8 * i, 8 * i + 8), (0, 16))) for i in range(4)], (axes, BUILT)
+    # a replicated result is built a quarter per device, then gathered
+    BUILT.clear()
+    copies = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(auto, P()))(jax.random.key(6))
+    same_shards(copies, whole, P())
+    assert sorted(size for _, size, _ in BUILT) == [16 * 8] * 4, BUILT
+    # under vmap (one key per layer, as nn.scan does): the keys' axis in front, each device its block
+    keys = jax.random.split(jax.random.key(6), 3)
+    stacked = jax.jit(jax.vmap(lambda k: init(k, (16, 32))), out_shardings=NamedSharding(auto, P(None, None, "x")))
+    BUILT.clear()
+    same_shards(jax.block_until_ready(stacked(keys)), np.stack([init(k, (16, 32)) for k in keys]), P(None, None, "x"))
+    assert sorted(size for _, size, _ in BUILT) == [16 * 8] * 3 * 4, BUILT
+    # GSPMD (Shardy off) reads the same sharding
+    jax.config.update("jax_use_shardy_partitioner", False)
+    BUILT.clear()
+    split = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(auto, spec))(jax.random.key(6))
+    same_shards(split, whole, spec)
+    assert sorted(size for _, size, _ in BUILT) == [16 * 8] * 4, BUILT
     print("ok")
     """
 )

@@ -44,7 +44,7 @@ from eoi_core.dtypes import DTYPES, resolve_dtype
 from eoi_core.kernels import KERNEL_LAYOUTS, KernelLayout, kernel_layout
 from eoi_core.layout import MAX_RANK
 
-from . import partitioning
+from . import autoshard, partitioning
 from .keys import key_words, seed_from_words
 from .shards import host_shard
 
@@ -289,7 +289,22 @@ def _constrain(array: jax.Array, sharding: Any) -> jax.Array:
     return jax.lax.with_sharding_constraint(array, sharding)
 
 
-def stage(key: Any, request: _Request, out_sharding: Any = None, *, mask: bool = True) -> tuple[jax.Array, Any]:
+def _stage_unknown(words: jax.Array, request: _Request, mask: bool, like: Any) -> tuple[jax.Array, Any]:
+    """Under ``jit``, no sharding known: each device's block built for the sharding XLA picks."""
+
+    def host(words: np.ndarray, index: Any) -> tuple[np.ndarray, ...]:
+        seed = seed_from_words(words)
+        weight, weight_mask = host_eoi(seed, request) if index is None else host_shard(seed, request, index, mask=mask)
+        return (weight, weight_mask) if mask else (weight,)
+
+    dtypes = (request.dtype, np.bool_) if mask else (request.dtype,)
+    built = autoshard.build(words, host, request.layout.shape, dtypes, like=like)
+    return (built[0], built[1]) if mask else (built[0], None)
+
+
+def stage(
+    key: Any, request: _Request, out_sharding: Any = None, *, mask: bool = True, like: Any = None
+) -> tuple[jax.Array, Any]:
     """``(weight, mask)`` for ``key``: computed now for a concrete key, staged for a traced one.
 
     With an EOI request and a sharding over several devices, each device's
@@ -319,6 +334,12 @@ def stage(key: Any, request: _Request, out_sharding: Any = None, *, mask: bool =
         built = _stage_sharded(words, request, sharding, mask)
         if built is not None:
             return built
+    if (per_shard or sharding is None) and _is_eoi(request.scheme) and jax.device_count() > 1 \
+            and autoshard.available():
+        # No sharding known while tracing (or none a shard_map block can have, e.g. an uneven
+        # split): the partitioner hands over the one it picks, at compile time.
+        weight, weight_mask = _stage_unknown(words, request, mask, like)
+        return _constrain(weight, sharding), (_constrain(weight_mask, sharding) if mask else None)
     shape = request.layout.shape
     result = (jax.ShapeDtypeStruct(shape, request.dtype), jax.ShapeDtypeStruct(shape, jnp.bool_))
     # "sequential": under jax.vmap over keys (nn.vmap, nn.scan with split

@@ -399,7 +399,14 @@ def sparsify(
     new_values = list(values)
     # Every output keeps its input's sharding; each device builds its own shard.
     shardings = [partitioning.of_value(leaf, value) for (_, leaf), value in zip(leaves, values)]
-    masks = [_ones(value, sharding) for value, sharding in zip(values, shardings)]
+    # A traced array over Auto mesh axes shows no sharding: its mask is computed from it, so
+    # that the partitioner gives both the same layout.
+    hidden = jax.device_count() > 1
+    masks = [
+        _ones_like(value) if hidden and sharding is None and not _concrete(value) and np.ndim(value)
+        else _ones(value, sharding)
+        for value, sharding in zip(values, shardings)
+    ]
     for layer, index in enumerate(chosen):
         name, layout, rule = rows[index]
         try:
@@ -413,7 +420,12 @@ def sparsify(
             )
         except (TypeError, ValueError) as error:
             raise type(error)(f"layer {name!r}: {error}") from error
-        new_values[index], masks[index] = stage(jax.random.fold_in(key, layer), request, shardings[index])
+        # A traced array whose sharding is not visible (Auto mesh axes) lends it to the new
+        # kernel at compile time: the partitioner lays both out alike.
+        like = values[index] if shardings[index] is None and not _concrete(values[index]) else None
+        new_values[index], masks[index] = stage(
+            jax.random.fold_in(key, layer), request, shardings[index], like=like
+        )
         rows[index] = _row(name, rule, layout, request, new_values[index], masks[index], verify)
 
     replaced = set(chosen)
@@ -433,6 +445,11 @@ def _ones(value: Any, sharding: Any) -> jax.Array:
     if _concrete(value):
         return jnp.ones(np.shape(value), dtype=jnp.bool_, device=sharding)
     return _constrain(jnp.ones(np.shape(value), dtype=jnp.bool_), sharding)
+
+
+def _ones_like(value: Any) -> jax.Array:
+    """All True, computed from ``value`` so that XLA lays it out as ``value`` (NaN included)."""
+    return (value == value) | (value != value)
 
 
 def _concrete(array: Any) -> bool:
