@@ -29,6 +29,13 @@ check raises in its rank, so the command exits non-zero with the traceback.
    ``prepare_for_load``, and ``torch.distributed.checkpoint`` ``save``/``load``
    into a freshly sharded, sparsified one: weights and masks equal the saved
    ones bit for bit, and further training keeps the zeros.
+7. A tied embedding / output head under FSDP2 (world 2, both modes):
+   ``tied="skip"`` reports the tie, ``"error"`` raises before anything is
+   drawn or written, ``"sparsify"`` gives both holders one mask (the
+   single-process one) and training keeps the tie and the zeros.
+8. Mixed precision (``MixedPrecisionPolicy(param_dtype=bfloat16,
+   reduce_dtype=float32)``, world 2, both modes): the forward runs in
+   bfloat16, the float32 shards stay exactly zero off their masks.
 """
 
 from __future__ import annotations
@@ -203,11 +210,12 @@ def assert_shards_off_mask_zero(model: nn.Module, where: str) -> None:
     mask, rank by rank, on the local shards."""
     import eoi_torch
 
-    parameters = dict(model.named_parameters())
+    modules = dict(model.named_modules())
     for key, mask in eoi_torch.masks(model).items():
-        layer, name = (key, "weight") if key in dict(model.named_modules()) else key.rsplit(".", 1)
-        prefix = f"{layer}." if layer else ""
-        parameter = parameters.get(f"{prefix}parametrizations.{name}.original", parameters.get(f"{prefix}{name}"))
+        layer, name = (key, "weight") if key in modules else key.rsplit(".", 1)
+        module = modules[layer]
+        parametrized = name in getattr(module, "parametrizations", {})
+        parameter = module.parametrizations[name].original if parametrized else module._parameters[name]
         local, local_mask = parameter.to_local(), mask.to_local()
         assert local.shape == local_mask.shape, f"{where}: {key}"
         assert int(local[~local_mask].count_nonzero()) == 0, f"{where}: the stored {key} moved off its mask"
@@ -385,6 +393,94 @@ def check_state_dict(rank: int, world: int, mode: str, directory: str) -> None:
     same_as_saved(fresh, "torch.distributed.checkpoint")
 
 
+class Tied(nn.Module):
+    """A language model's tie: the output head holds the embedding's weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 8)
+        self.body = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 12, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.body(self.embed(tokens))))
+
+
+def train_tied(model: nn.Module, steps: int = 3) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(9)
+    losses = []
+    for _ in range(steps):
+        tokens = torch.randint(0, 12, (4, 5), generator=generator)
+        loss = nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def check_tied(rank: int, world: int, mode: str) -> None:
+    """A tied embedding / output head under FSDP2: skip reports it, sparsify gives one mask and training
+    keeps the tie and the zeros, error raises before anything is written."""
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    where = f"rank {rank}, tied under FSDP2, mode={mode}"
+    mesh = init_device_mesh("cpu", (world,))
+
+    def build() -> Tied:
+        torch.manual_seed(0)
+        model = Tied()
+        fully_shard(model.body, mesh=mesh)
+        return fully_shard(model, mesh=mesh)  # the tied weight lives in the root's group
+
+    model = build()
+    assert model.head.weight is model.embed.weight, f"{where}: fully_shard broke the tie"
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode)  # tied="skip"
+    rows = {row.name: row for row in report}
+    assert rows["head"].status == "skipped" and "tied with 'embed.weight'" in rows["head"].reason, report
+    assert sorted(eoi_torch.masks(model)) == ["body"], where
+
+    model = build()
+    state = torch.get_rng_state()
+    try:
+        eoi_torch.sparsify(model, DENSITY, mode=mode, tied="error")
+    except ValueError as error:
+        assert "embed.weight" in str(error), error
+    else:
+        raise AssertionError(f"{where}: tied='error' did not raise")
+    assert torch.equal(torch.get_rng_state(), state) and not eoi_torch.masks(model), where
+
+    torch.manual_seed(0)
+    reference = Tied()
+    torch.manual_seed(1)
+    reference_report = eoi_torch.sparsify(reference, DENSITY, mode=mode, tied="sparsify")
+    reference_losses = train_tied(copy.deepcopy(reference))
+    model = build()
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode, tied="sparsify")
+    check_same_report(report, reference_report, where)
+    masks = eoi_torch.masks(model)
+    expected = {"body", "embed", "head"} if mode == "parametrize" else {"body", "head"}  # hook: the primary
+    assert set(masks) == expected, f"{where}: {sorted(masks)}"
+    if mode == "parametrize":  # one mask object and one parameter for both holders
+        assert masks["embed"] is masks["head"], where
+        assert model.embed.parametrizations.weight.original is model.head.parametrizations.weight.original
+    else:
+        assert model.embed.weight is model.head.weight, where
+    assert torch.equal(masks["head"].full_tensor(), eoi_torch.masks(reference)["head"]), where
+    losses = train_tied(model)
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
+        f"{where}: losses {losses} against one process {reference_losses}")
+    assert torch.equal(whole(model.embed.weight).detach(), whole(model.head.weight).detach()), (
+        f"{where}: training broke the tie")
+    assert_off_mask_zero(model, where)
+    assert_shards_off_mask_zero(model, where)
+
+
 class MLP(nn.Module):
     """Two tensor-parallel layers (column- then row-wise, as in a transformer's MLP) and a plain head."""
 
@@ -410,6 +506,40 @@ def train_mlp(model: nn.Module, steps: int = 3) -> list[float]:
         optimizer.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def check_mixed_precision(rank: int, world: int, mode: str) -> None:
+    """FSDP2 computing in bfloat16 (``MixedPrecisionPolicy``) on float32 sharded parameters: training keeps
+    the float32 shards exactly zero off their masks, and the masks themselves do not change."""
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    where = f"rank {rank}, mixed precision, mode={mode}"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = MLP()
+    for layer in (model.up, model.down):
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    torch.manual_seed(1)
+    eoi_torch.sparsify(model, DENSITY, mode=mode)
+    before = {key: mask.full_tensor() for key, mask in eoi_torch.masks(model).items()}
+    stored = model.up.parametrizations.weight.original if mode == "parametrize" else model.up.weight
+    initial = stored.full_tensor()
+    seen = []
+    model.up.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    losses = train_mlp(model, 4)
+    assert seen and set(seen) == {torch.bfloat16}, f"{where}: the forward ran in {set(seen)}"
+    assert all(torch.isfinite(torch.tensor(losses))), f"{where}: {losses}"
+    for name, parameter in model.named_parameters():
+        assert parameter.dtype == torch.float32 and type(parameter).__name__ == "DTensor", f"{where}: {name}"
+    assert_shards_off_mask_zero(model, where)
+    assert_off_mask_zero(model, where)
+    for key, mask in eoi_torch.masks(model).items():
+        assert torch.equal(mask.full_tensor(), before[key]), f"{where}: mask {key} changed"
+    assert not torch.equal(stored.full_tensor(), initial), f"{where}: the weight did not train"
 
 
 def check_fsdp_tp(rank: int, world: int, mode: str, directory: str) -> None:
@@ -503,6 +633,8 @@ def run(rank: int, world: int, store: str) -> None:
         if world == 2:  # world 4 saves and loads strided shards in check_fsdp_tp
             for mode in ("parametrize", "hook"):
                 check_state_dict(rank, world, mode, os.path.join(os.path.dirname(store), f"checkpoint-{mode}"))
+                check_tied(rank, world, mode)
+                check_mixed_precision(rank, world, mode)
         if world == 4:
             for mode in ("parametrize", "hook"):
                 check_fsdp_tp(rank, world, mode, os.path.join(os.path.dirname(store), f"tp-{mode}"))
