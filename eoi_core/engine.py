@@ -43,7 +43,7 @@ from numba.extending import intrinsic
 
 from ._jit import jit
 from .randomness import RotationStream
-from .threads import get_num_threads, run_all
+from .threads import get_num_threads, run_all, run_beside
 
 __all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
 
@@ -61,16 +61,20 @@ def _popcount(typingctx, word):
 
 
 @jit(nogil=True)
-def _pattern(bits, counts, nnz, budget, first, second, limit, touched):
+def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched):
     """Advance the support pattern through at most ``limit`` rotations.
 
     Returns ``(rotations applied, nnz, stopped)``; ``stopped`` is True when the
     next rotation would exceed ``budget`` or the support has reached it.
-    ``touched[t]`` (zero on entry) gets bit ``w`` set for every bitset word
-    ``w`` that rotation ``t`` touches (where either column has a row): the
-    value pass of word ``w`` replays only those rotations.
+    ``occupied[j]`` is the set of bitset words where column ``j`` has a row
+    (bit ``w % 64`` of ``occupied[j, w // 64]``), kept alongside ``bits`` at
+    O(rows / 4096) per rotation; ``touched[t]`` gets the words rotation ``t``
+    touches (those of either column): the value pass of word ``w`` replays
+    only those rotations.  (Testing every word for zero inside the popcount
+    loop would stop Numba from vectorising it, and double the pass.)
     """
     words = bits.shape[1]
+    lanes = occupied.shape[1]
     for t in range(limit):
         if nnz == budget:
             return t, nnz, True
@@ -80,15 +84,11 @@ def _pattern(bits, counts, nnz, budget, first, second, limit, touched):
         count_j = counts[j]
         if count_i == 0 and count_j == 0:
             continue  # two empty columns: the rotation changes nothing
+        for lane in range(lanes):
+            touched[t, lane] = occupied[i, lane] | occupied[j, lane]
         union_bits = np.uint64(0)
-        lane_bits = np.uint64(0)
         for w in range(words):
-            word = bits[i, w] | bits[j, w]
-            union_bits += _popcount(word)
-            lane_bits |= np.uint64(word != 0) << np.uint64(w & 63)
-            if (w & 63) == 63 or w == words - 1:
-                touched[t, w >> 6] = lane_bits
-                lane_bits = np.uint64(0)
+            union_bits += _popcount(bits[i, w] | bits[j, w])
         union = np.int64(union_bits)
         grown = 2 * union - count_i - count_j
         if nnz + grown > budget:
@@ -98,6 +98,9 @@ def _pattern(bits, counts, nnz, budget, first, second, limit, touched):
                 merged = bits[i, w] | bits[j, w]
                 bits[i, w] = merged
                 bits[j, w] = merged
+            for lane in range(lanes):
+                occupied[i, lane] = touched[t, lane]
+                occupied[j, lane] = touched[t, lane]
             counts[i] = union
             counts[j] = union
             nnz += grown
@@ -289,7 +292,9 @@ def _gather_band(weight_bits, mask, bits, first_word, keeps, cursor, value_bits,
     are written: ``cursor[k]`` (advanced in place) is where column ``j0``'s
     entries of word ``first_word + k`` start.  The entries of column ``j``
     are the set bits of ``bits[j, first_word + k] & keeps[k]``; each output
-    row is written from left to right.
+    row is written from left to right.  (Assembling a row in a buffer and
+    copying it out whole measured slower: at density 0.1 most cache lines of
+    a float32 row hold an entry anyway, and the copy writes every byte.)
     """
     one = np.uint64(1)
     for j in range(j0, j1):
@@ -468,6 +473,8 @@ def pattern_pass(
     bits[diagonal, diagonal // 64] = np.left_shift(np.uint64(1), (diagonal % 64).astype(np.uint64))
     counts = np.zeros(cols, dtype=np.int64)
     counts[:rows] = 1
+    occupied = np.zeros((cols, lanes), dtype=np.uint64)
+    occupied[diagonal, diagonal // 4096] = np.left_shift(np.uint64(1), ((diagonal // 64) % 64).astype(np.uint64))
     nnz = rows
     limit_budget = rows * cols + 1 if budget is None else budget
     remaining = np.iinfo(np.int64).max if max_rotations is None else max_rotations
@@ -477,7 +484,7 @@ def pattern_pass(
         first, second, cos, sin = stream.next_block()
         limit = min(first.shape[0], remaining)
         touched = np.zeros((first.shape[0], lanes), dtype=np.uint64)
-        applied, nnz, stopped = _pattern(bits, counts, nnz, limit_budget, first, second, limit, touched)
+        applied, nnz, stopped = _pattern(bits, counts, occupied, nnz, limit_budget, first, second, limit, touched)
         blocks.append((first[:applied], second[:applied], cos[:applied], sin[:applied], touched[:applied]))
         remaining -= applied
         stopped = stopped or remaining == 0
@@ -512,6 +519,56 @@ def _keep(w: int, lo: int, hi: int) -> np.uint64:
     low = max(lo - 64 * w, 0)
     high = min(hi - 64 * w, 64)
     return np.uint64(((1 << high) - 1) ^ ((1 << low) - 1))
+
+
+@jit(nogil=True)
+def _keep_bits(w, lo, hi):
+    """The bits of word ``w`` that are rows in ``[lo, hi)`` (as :func:`_keep`, inside Numba)."""
+    low = max(lo - 64 * w, 0)
+    high = min(hi - 64 * w, 64)
+    one = np.uint64(1)
+    upper = np.uint64(0xFFFFFFFFFFFFFFFF) if high == 64 else (one << np.uint64(high)) - one
+    return upper & ~((one << np.uint64(low)) - one)
+
+
+@jit(nogil=True)
+def _write_rows(weight, mask, bits, word0, word1, lo, hi, col0, col1, first, second, cos, sin, touched, gain):
+    """Weight is ``G``: replay the words ``[word0, word1)`` and write their rows, cast, straight into ``weight``.
+
+    ``weight`` (float32 or float64) and ``mask`` hold ``G[lo:hi, col0:col1]``;
+    each value is ``value * gain`` in float64, cast once on the store (as
+    NumPy's ``astype`` rounds), so one call does a task's whole work.
+    """
+    one = np.uint64(1)
+    for w in range(word0, word1):
+        meta, values = _word_values(bits, w, _keep_bits(w, lo, hi), first, second, cos, sin, touched)
+        for j in range(col0, col1):
+            rest = meta[j, 0]
+            p = np.int64(meta[j, 1])
+            while rest:
+                r = 64 * w + np.int64(_trailing_zeros(rest)) - lo
+                weight[r, j - col0] = values[p] * gain if gain != 1.0 else values[p]
+                mask[r, j - col0] = True
+                p += 1
+                rest &= rest - one
+
+
+@jit(nogil=True)
+def _replay_words(out, offsets, bits, first_word, keeps, word0, word1, col0, col1, first, second, cos, sin, touched,
+                  gain):
+    """Replay the words ``[word0, word1)``; word ``w``'s values of the columns ``[col0, col1)`` (times ``gain``,
+    cast to ``out``'s dtype on the store) go to ``out[offsets[k]:offsets[k + 1]]``, ``k = w - first_word``."""
+    for w in range(word0, word1):
+        k = w - first_word
+        meta, values = _word_values(bits, w, keeps[k], first, second, cos, sin, touched)
+        start = np.int64(meta[col0, 1])
+        base = offsets[k] - start
+        for p in range(start, np.int64(meta[col1, 1])):
+            out[base + p] = values[p] * gain if gain != 1.0 else values[p]
+
+
+# Output dtypes Numba stores directly; the others (float16, bfloat16) are cast by NumPy.
+_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, transposed, gain, dtype):
@@ -558,10 +615,19 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
     offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
     np.cumsum(table[-1], out=offsets[1:])
     value_bits = np.empty(offsets[-1], dtype=weight_bits.dtype)
-    replay = [
-        partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, offsets, value_bits, gain, dtype)
-        for k in range(keeps.shape[0])
-    ]
+    if dtype in _NATIVE:
+        values = value_bits.view(dtype)
+        replay = [
+            partial(_replay_words, values, offsets, pattern.bits, first_word, keeps, word0, word1, col0, col1,
+                    pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
+            for word0, word1 in _tasks(pattern, lo, hi, threads)
+        ]
+    else:
+        replay = [
+            partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, offsets, value_bits, gain,
+                    dtype)
+            for k in range(keeps.shape[0])
+        ]
     run_all(replay, threads)
     write = [
         partial(_gather_band, weight_bits, mask, pattern.bits, first_word, keeps, offsets[:-1] + table[b],
@@ -597,12 +663,48 @@ def write_values(
     if transposed:
         _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads)
         return
-    tasks = [
-        partial(_write_words, pattern, word0, word1, rows[0], rows[1], cols[0], cols[1], weight_bits, mask,
-                transposed, gain, weight.dtype)
-        for word0, word1 in _tasks(pattern, rows[0], rows[1], threads)
-    ]
+    if weight.dtype in _NATIVE:
+        tasks = [
+            partial(_write_rows, weight, mask, pattern.bits, word0, word1, rows[0], rows[1], cols[0], cols[1],
+                    pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
+            for word0, word1 in _tasks(pattern, rows[0], rows[1], threads)
+        ]
+    else:
+        tasks = [
+            partial(_write_words, pattern, word0, word1, rows[0], rows[1], cols[0], cols[1], weight_bits, mask,
+                    transposed, gain, weight.dtype)
+            for word0, word1 in _tasks(pattern, rows[0], rows[1], threads)
+        ]
     run_all(tasks, threads)
+
+
+@jit(nogil=True)
+def _touch(memory, start, stop):
+    """Write a zero into every page of ``memory[start:stop]`` (a zeroed byte view): the kernel maps them now."""
+    for p in range(start, stop, PAGE):
+        memory[p] = 0
+
+
+PAGE = 4096
+# Memory warmed per optional task: small enough to stop soon after the pattern pass ends.
+WARM_CHUNK = 1 << 20
+
+
+def _warm_tasks(*arrays: np.ndarray) -> list:
+    """Tasks that map the pages of fresh zeroed ``arrays`` (C-contiguous ones only), first pages first.
+
+    The kernel zeroes a page when it is first written, which is most of the
+    cost of producing a large output (the benchmark's floor); done by an
+    idle thread while the pattern pass runs, it is off the critical path.
+    The tasks write zeros into zeroed memory, so they change nothing.
+    """
+    tasks = []
+    for array in arrays:
+        if array.flags.c_contiguous and array.nbytes >= WARM_CHUNK:
+            memory = array.reshape(-1).view(np.uint8)
+            tasks += [partial(_touch, memory, start, min(start + WARM_CHUNK, memory.shape[0]))
+                      for start in range(0, memory.shape[0], WARM_CHUNK)]
+    return sorted(tasks, key=lambda task: task.args[1])  # weight and mask front to back together
 
 
 def write_givens(
@@ -613,11 +715,16 @@ def write_givens(
     gain: float,
     max_rotations: int | None = None,
 ) -> tuple[int, int]:
-    """Same contract as :func:`eoi_core.reference.write_givens`."""
+    """Same contract as :func:`eoi_core.reference.write_givens`.
+
+    With several threads, a pool thread maps the output's pages while this
+    one runs the (sequential) pattern pass.
+    """
     out, inp = weight.shape
     transposed = out >= inp
     rows, cols = (inp, out) if transposed else (out, inp)
-    pattern = pattern_pass(rows, cols, budget, stream, max_rotations)
+    warm = _warm_tasks(weight, mask) if weight.size >= THREAD_ENTRIES else []
+    pattern = run_beside(lambda: pattern_pass(rows, cols, budget, stream, max_rotations), warm)
     write_values(pattern, weight, mask, transposed=transposed, rows=(0, rows), cols=(0, cols), gain=gain)
     return int(pattern.first.shape[0]), pattern.nnz
 
