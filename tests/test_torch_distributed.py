@@ -64,21 +64,24 @@ def test_hook_mode_rearms_layers_whose_forward_never_runs(torch_one_thread):
     assert int(attention.in_proj_weight[~masks["in_proj_weight"]].count_nonzero()) == 0
 
 
-def test_the_fsdp2_recipe_runs(tmp_path):
-    """docs/sharding.md's PyTorch recipe, as written, under torchrun with two CPU ranks."""
+@pytest.mark.parametrize(("recipe", "ranks", "printed"), [(0, 2, "0.1000"), (1, 4, "_StridedShard(dim=0, sf=2)")],
+                         ids=["fsdp2", "fsdp2+tp"])
+def test_the_fsdp2_recipes_run(tmp_path, recipe, ranks, printed):
+    """docs/sharding.md's PyTorch recipes, as written, under torchrun with CPU ranks: FSDP2, then FSDP2
+    on top of tensor parallelism with a torch.distributed.checkpoint round trip."""
     import re
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "sharding.md").read_text()
     section = text.split("## Initialising a model larger than one machine (PyTorch DTensor / FSDP2)", 1)
-    assert len(section) == 2, "docs/sharding.md lost its PyTorch recipe"
+    assert len(section) == 2, "docs/sharding.md lost its PyTorch recipes"
     blocks = re.findall(r"```py\n(.*?)```", section[1].split("\n## ", 1)[0], flags=re.S)
-    assert len(blocks) == 1
-    script = tmp_path / "fsdp_eoi.py"
-    script.write_text(blocks[0])
+    assert len(blocks) == 2
+    script = tmp_path / "recipe.py"
+    script.write_text(blocks[recipe])
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), OMP_NUM_THREADS="1",
                        PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), str(script)],
         capture_output=True, text=True, timeout=300, env=environment, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
-    assert "0.1000" in result.stdout  # rank 0 printed the report
+    assert printed in result.stdout  # rank 0 printed the report / the placements

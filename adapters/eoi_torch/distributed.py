@@ -2,26 +2,38 @@ r"""EOI on ``torch.distributed`` tensors: each rank builds only its own shard.
 
 A :class:`~torch.distributed.tensor.DTensor` (what ``fully_shard`` (FSDP2)
 and tensor parallelism make of parameters) is a global weight of which every
-rank holds one rectangle: ``Shard(d)`` on a mesh dimension cuts axis ``d``
-into contiguous pieces, ``Replicate()`` keeps it whole.  EOI gives every rank
-the same seed (drawn from torch's RNG, so every rank must run the same
-program with the same ``torch.manual_seed``) and each rank builds only its
-rectangle with :func:`eoi_core.sparse_orthogonal_shard`, bit-identical to the
-slice of the single-process weight, in memory ``O(shard + pattern)``:
+rank holds a part: ``Shard(d)`` on a mesh dimension cuts axis ``d`` into
+contiguous pieces, ``Replicate()`` keeps it whole, and the strided shard
+FSDP2 adds on top of tensor parallelism (``_StridedShard(d, split_factor)``,
+FSDP2's ``dp`` cut of each TP piece) may leave a rank several runs of rows or
+columns.  EOI gives every rank the same seed (drawn from torch's RNG, so every
+rank must run the same program with the same ``torch.manual_seed``) and each
+rank builds only its part with :func:`eoi_core.sparse_orthogonal_shard`,
+bit-identical to the slice of the single-process weight, in memory
+``O(shard + pattern)``:
 
-* the local rectangle is ``compute_local_shape_and_global_offset(shape,
-  mesh, placements)`` (torch's own chunking rule, uneven shards included);
+* a rank's part is, per axis, the runs ``(start, stop)`` of global indices it
+  holds, in local order (:func:`local_bounds`): one run per axis from
+  ``compute_local_shape_and_global_offset(shape, mesh, placements)`` (torch's
+  own chunking rule, uneven shards included), and for an axis under a strided
+  shard the indices torch itself gives a 1-D ``arange`` of that axis
+  (``distribute_tensor(..., src_data_rank=None)``: a local split, no
+  communication, ``O(axis)`` integers);
+* every rectangle of the product of the runs is one
+  :func:`eoi_core.sparse_orthogonal_shard` call, laid side by side in local
+  order (the core's rows are independent, so each is the slice of the whole);
 * a weight stored transposed (``transformers``' ``Conv1D``, ``(in, out)``)
-  asks the core for the transposed rectangle of the canonical
+  asks the core for the transposed part of the canonical
   ``(out, in // groups, *kernel)`` weight; every other layout (Linear, Conv,
   ConvTranspose, fused Q/K/V and RNN gates as ``groups`` along ``out``) is
-  canonical already, so its torch rectangle is the canonical one;
+  canonical already, so its torch part is the canonical one;
 * the mask is a ``DTensor`` with the weight's mesh and placements
   (``DTensor.from_local``, no communication), so ``weight * mask`` is a local
-  multiply.
+  multiply.  Inside FSDP2's forward the weight is whole, or with tensor
+  parallelism a DTensor on the TP sub-mesh (:func:`is_gathered`): the mask
+  is gathered for that multiply only (:func:`gather`).
 
-Placements other than ``Shard`` and ``Replicate`` (``Partial``, FSDP2+TP's
-strided shards) do not describe one rectangle of the weight: they are a
+A ``Partial`` placement holds a summand of the weight, not a part of it: a
 ``ValueError``, never a guess.
 
 Report numbers of a sharded weight are global: the mask count is the sum of
@@ -32,6 +44,15 @@ numbers per weight): ``z = H x`` is a sum of the ranks' ``H_r x_r`` products
 and ``H^T z`` likewise, so no rank ever holds the whole weight.  Every rank of
 the weight's mesh must therefore call :func:`eoi_torch.sparsify` together
 (as every rank calls ``fully_shard``).
+
+Examples
+--------
+The runs of a rank's rows, and the global indices they stand for:
+
+>>> from eoi_torch.distributed import indices
+>>> bounds = (((0, 2), (4, 6)), ((0, 3),))
+>>> [axis.tolist() for axis in indices(bounds)]
+[[0, 1, 4, 5], [0, 1, 2]]
 """
 
 from __future__ import annotations
