@@ -175,11 +175,11 @@ def sparse_orthogonal(
         stream = RotationStream(rotation_rng, cols, angle) if cols > 1 else None
         block_weight = weight[layout.block(group)]
         block_mask = mask[layout.block(group)]
-        _, nnz = implementation.write_givens(
+        _, nnz, row_support = implementation.write_givens(
             block_weight[centre], block_mask[centre], budget.centre, stream, plan.gain
         )
         ranks = fill_ranks(fill_rng, layout.block_size - nnz, budget.block - nnz)
-        implementation.fill(block_mask.reshape(-1), ranks)
+        implementation.fill(block_mask.reshape(-1), ranks, row_support)
     return weight, mask
 
 

@@ -714,7 +714,7 @@ def write_givens(
     stream: RotationStream | None,
     gain: float,
     max_rotations: int | None = None,
-) -> tuple[int, int]:
+) -> tuple[int, int, np.ndarray | None]:
     """Same contract as :func:`eoi_core.reference.write_givens`.
 
     With several threads, a pool thread maps the output's pages while this
@@ -726,12 +726,27 @@ def write_givens(
     warm = _warm_tasks(weight, mask) if weight.size >= THREAD_ENTRIES else []
     pattern = run_beside(lambda: pattern_pass(rows, cols, budget, stream, max_rotations), warm)
     write_values(pattern, weight, mask, transposed=transposed, rows=(0, rows), cols=(0, cols), gain=gain)
-    return int(pattern.first.shape[0]), pattern.nnz
+    # A row of G^T is a column of G, whose support size the pattern pass counted.
+    return int(pattern.first.shape[0]), pattern.nnz, pattern.counts if transposed else None
 
 
-def fill(flat_mask: np.ndarray, ranks: np.ndarray) -> None:
-    """Same contract as :func:`eoi_core.reference.fill`."""
+def fill(flat_mask: np.ndarray, ranks: np.ndarray, row_support: np.ndarray | None = None) -> None:
+    """Same contract as :func:`eoi_core.reference.fill`.
+
+    With ``row_support`` only the rows that hold a drawn rank are walked (the
+    zeros before each row follow from the counts); without it, the walk
+    skips 8 mask bytes at a time from the start.  Reading a large mask back
+    costs about as much as writing it, so the counts matter.
+    """
     if ranks.shape[0] == 0:
+        return
+    if row_support is not None:
+        rows = row_support.shape[0]
+        mask = flat_mask.reshape(rows, flat_mask.shape[0] // rows)
+        zeros = mask.shape[1] - row_support.astype(np.int64)
+        first_zero = np.zeros(rows, dtype=np.int64)
+        np.cumsum(zeros[:-1], out=first_zero[1:])
+        _fill_segments(mask, first_zero, zeros, ranks)
         return
     head = (-flat_mask.ctypes.data) % 8
     whole = max(0, (flat_mask.shape[0] - head) // 8)

@@ -72,11 +72,14 @@ def write_givens(
     stream: RotationStream | None,
     gain: float,
     max_rotations: int | None = None,
-) -> tuple[int, int]:
+) -> tuple[int, int, np.ndarray | None]:
     """Write the Givens phase into the 2-D views ``weight`` and ``mask``.
 
     ``weight`` and ``mask`` have the canonical block shape ``(out, in)`` and
-    are all zero on entry.  Returns ``(rotations applied, non-zeros written)``.
+    are all zero on entry.  Returns ``(rotations applied, non-zeros written,
+    row_support)``: ``row_support[r]`` counts the non-zeros of row ``r`` where
+    an engine knows it for free (it lets :func:`fill` skip whole rows), else
+    ``None``; here ``None``.
     """
     out, inp = weight.shape
     tall = out >= inp
@@ -86,10 +89,14 @@ def write_givens(
         values, support = values.T, support.T
     weight[...] = (gain * values).astype(weight.dtype)
     mask[...] = support
-    return applied, int(support.sum())
+    return applied, int(support.sum()), None
 
 
-def fill(flat_mask: np.ndarray, ranks: np.ndarray) -> None:
-    """Set the zero positions of rank ``ranks`` (row-major order) of ``flat_mask`` to True."""
+def fill(flat_mask: np.ndarray, ranks: np.ndarray, row_support: np.ndarray | None = None) -> None:
+    """Set the zero positions of rank ``ranks`` (row-major order) of ``flat_mask`` to True.
+
+    ``row_support`` (the True count of each of ``len(row_support)`` equal rows,
+    or ``None``) is a hint a fast engine may use; the result does not depend on it.
+    """
     zeros = np.flatnonzero(~flat_mask)
     flat_mask[zeros[ranks]] = True
