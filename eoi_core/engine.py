@@ -399,20 +399,19 @@ def _fill_segments(mask, first_zero, zeros, ranks):
 
 
 @jit(nogil=True)
-def _fill(flat, words, head, ranks):
-    """Set the zero bytes of ``flat`` with the given sorted ranks to True.
+def _fill_from(flat, words, head, start, zero_rank, ranks, k, stop_rank):
+    """Set the zero bytes of ``flat`` with ranks ``ranks[k:]`` below ``stop_rank`` to True, walking from ``start``.
 
-    ``words`` is the uint64 view of ``flat[head:head + 8 * len(words)]``; a
-    word of 0/1 bytes holds ``8 - popcount(word)`` zeros, which lets the walk
-    skip whole words that hold no wanted rank.
+    ``zero_rank`` zeros precede ``flat[start]``.  ``words`` is the uint64 view
+    of ``flat[head:head + 8 * len(words)]``; a word of 0/1 bytes holds
+    ``8 - popcount(word)`` zeros, which lets the walk skip whole words that
+    hold no wanted rank.  Returns the index of the first rank not set.
     """
     wanted = ranks.shape[0]
-    k = 0
-    zero_rank = 0
-    p = 0
+    p = start
     size = flat.shape[0]
     word_end = head + 8 * words.shape[0]
-    while k < wanted and p < size:
+    while k < wanted and ranks[k] < stop_rank and p < size:
         if p >= head and p < word_end and (p - head) % 8 == 0:
             zeros = 8 - np.int64(_popcount(words[(p - head) // 8]))
             if zero_rank + zeros <= ranks[k]:
@@ -425,6 +424,31 @@ def _fill(flat, words, head, ranks):
                 k += 1
             zero_rank += 1
         p += 1
+    return k
+
+
+@jit(nogil=True)
+def _fill(flat, words, head, ranks):
+    """Set the zero bytes of ``flat`` with the given sorted ranks to True (a walk from the start)."""
+    _fill_from(flat, words, head, 0, 0, ranks, 0, np.iinfo(np.int64).max)
+
+
+@jit(nogil=True)
+def _fill_rows(flat, words, head, length, row_support, ranks):
+    """As :func:`_fill` for ``flat`` made of rows of ``length`` bytes, row ``r`` holding ``row_support[r]`` ones.
+
+    The zeros before each row follow from the counts, so only the rows that
+    hold a drawn rank are walked.
+    """
+    k = 0
+    zero_rank = 0
+    for r in range(row_support.shape[0]):
+        if k == ranks.shape[0]:
+            return
+        zeros = length - row_support[r]
+        if ranks[k] < zero_rank + zeros:
+            k = _fill_from(flat, words, head, r * length, zero_rank, ranks, k, zero_rank + zeros)
+        zero_rank += zeros
 
 
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
@@ -740,18 +764,14 @@ def fill(flat_mask: np.ndarray, ranks: np.ndarray, row_support: np.ndarray | Non
     """
     if ranks.shape[0] == 0:
         return
-    if row_support is not None:
-        rows = row_support.shape[0]
-        mask = flat_mask.reshape(rows, flat_mask.shape[0] // rows)
-        zeros = mask.shape[1] - row_support.astype(np.int64)
-        first_zero = np.zeros(rows, dtype=np.int64)
-        np.cumsum(zeros[:-1], out=first_zero[1:])
-        _fill_segments(mask, first_zero, zeros, ranks)
-        return
     head = (-flat_mask.ctypes.data) % 8
     whole = max(0, (flat_mask.shape[0] - head) // 8)
     words = flat_mask[head : head + 8 * whole].view(np.uint64)
-    _fill(flat_mask, words, head, ranks)
+    if row_support is not None:
+        length = flat_mask.shape[0] // row_support.shape[0]
+        _fill_rows(flat_mask, words, head, length, row_support.astype(np.int64, copy=False), ranks)
+    else:
+        _fill(flat_mask, words, head, ranks)
 
 
 def support_before(

@@ -72,3 +72,24 @@ def test_engines_agree_when_the_wide_scatter_takes_several_bands(monkeypatch):
     (w_ref, m_ref), (w_fast, m_fast) = both_engines((24, 200), 0.4, dtype=np.float64, rng=5)
     assert np.array_equal(m_ref, m_fast)
     assert np.array_equal(w_ref, w_fast)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 30), length=st.integers(1, 70), offset=st.integers(0, 7), seed=seeds(),
+       density=st.floats(0.0, 0.9), share=st.floats(0.0, 1.0))
+def test_fill_with_row_counts_sets_the_same_entries(rows, length, offset, seed, density, share):
+    # the row counts only let the fast fill skip rows; any alignment of the mask in memory
+    from eoi_core import engine, reference
+
+    rng = np.random.default_rng(seed)
+    memory = np.zeros(rows * length + offset, dtype=bool)
+    mask = memory[offset:]
+    mask[:] = rng.random(rows * length) < density
+    zeros = int((~mask).sum())
+    ranks = np.sort(rng.choice(zeros, int(share * zeros), replace=False)).astype(np.int64)
+    expected = mask.copy()
+    reference.fill(expected, ranks)
+    for hint in (None, mask.reshape(rows, length).sum(axis=1)):
+        filled = mask.copy()
+        engine.fill(filled, ranks, hint)
+        assert np.array_equal(filled, expected)
