@@ -90,6 +90,7 @@ def test_fill_with_row_counts_sets_the_same_entries(rows, length, offset, seed, 
     expected = mask.copy()
     reference.fill(expected, ranks)
     for hint in (None, mask.reshape(rows, length).sum(axis=1)):
-        filled = mask.copy()
+        filled = np.zeros(memory.shape, dtype=bool)[offset:]  # misaligned like the input
+        filled[:] = mask
         engine.fill(filled, ranks, hint)
         assert np.array_equal(filled, expected)
