@@ -5,7 +5,11 @@ reads ``--xla_force_host_platform_device_count`` at import) and read their
 stderr, where XLA's C++ log says ``Involuntary full rematerialization`` when a
 whole kernel built on device 0 is split afterwards.  Each script spies on the
 core's public ``eoi_core.sparse_orthogonal_shard`` to see what every host call
-built.
+built.  The sharding reaches the initializer while tracing (``out_sharding=``,
+Flax annotations: ``shard_map``) or only at compile time (``jit``'s
+``out_shardings`` alone, ``jit(sparsify)`` over ``Auto`` axes, an uneven split,
+``vmap`` over keys: ``custom_partitioning``, Shardy and GSPMD); the scripts
+cover both.
 """
 
 from __future__ import annotations
@@ -360,7 +364,8 @@ PROCESS = textwrap.dedent(
     whole = eoi_core.sparse_orthogonal((32, 16), 0.25, rng=3)[0].T
     init = eoi_jax.eoi(0.25)
     for kernel in (init(jax.random.key(3), (16, 32), out_sharding=sharding),
-                   jax.jit(lambda k: init(k, (16, 32), out_sharding=sharding))(jax.random.key(3))):
+                   jax.jit(lambda k: init(k, (16, 32), out_sharding=sharding))(jax.random.key(3)),
+                   jax.jit(lambda k: init(k, (16, 32)), out_shardings=sharding)(jax.random.key(3))):
         same_shards(kernel, whole, P(None, "x"))
     print(sorted(rectangle for _, _, rectangle in BUILT))
     """
@@ -395,10 +400,10 @@ def test_each_process_builds_only_its_addressable_shards():
         assert run.returncode == 0, err[-4000:]
         assert REMAT not in err
     # canonical (out, in) = (32, 16): process 0 owns Flax columns 0..15, process 1 columns 16..31,
-    # eagerly and under jit alike; no process builds a row of the other's shards.
+    # eagerly, under jit and with jit's out_shardings alone; no process builds a row of the other's.
     built = [eval(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert built[0] == [((0, 8), (0, 16))] * 2 + [((8, 16), (0, 16))] * 2
-    assert built[1] == [((16, 24), (0, 16))] * 2 + [((24, 32), (0, 16))] * 2
+    assert built[0] == [((0, 8), (0, 16))] * 3 + [((8, 16), (0, 16))] * 3
+    assert built[1] == [((16, 24), (0, 16))] * 3 + [((24, 32), (0, 16))] * 3
 
 
 def _run(script: str, devices: int) -> subprocess.CompletedProcess:

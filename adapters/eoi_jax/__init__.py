@@ -18,8 +18,10 @@ key_seed       the integer seed the core receives for a concrete key
 AmbiguousLayoutWarning  a rank >= 3 kernel read as a conv without ``layout=``
 
 On a mesh, each device builds only its shard of a kernel, bit-identical to the
-unsharded one (``out_sharding=``, Flax's partitioning annotations, and the
-shardings ``sparsify`` is given; see :mod:`eoi_jax.shards`).
+unsharded one (``out_sharding=``, Flax's partitioning annotations, the
+shardings ``sparsify`` is given, and under ``jit`` whatever sharding XLA
+picks, e.g. from ``out_shardings`` alone; see :mod:`eoi_jax.shards` and
+:mod:`eoi_jax.autoshard`).
 """
 
 from .initializers import AmbiguousLayoutWarning, eoi, eoi_with_mask

@@ -27,9 +27,23 @@ with the op's id as its first operand.
 Scope.  One callback per device (replicas of a block each build it, as under
 ``shard_map``); a result XLA leaves replicated is built split along an axis
 the device count divides, then gathered.  Under :func:`jax.vmap` (``nn.scan``,
-``nn.vmap`` over keys) the op falls back to one host call per key for the
-whole kernel, as before.  Host callbacks exist on CPU and GPU, not TPU: there
-:func:`available` is False and the caller keeps the whole-kernel callback.
+``nn.vmap`` over keys) the op is restaged with the keys' axis in front, which
+a block may split too.  On one device the op is one host call for the whole
+kernel.  Host callbacks from partitioned code exist on CPU and GPU, not TPU:
+there :func:`available` is False and the caller keeps the whole-kernel
+callback.  Shardy (JAX's default) reads :func:`_rule`; GSPMD reads
+:func:`_infer`.
+
+Examples
+--------
+>>> import jax, numpy as np
+>>> whole = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+>>> def host(words, index):   # a block of the whole (index None: all of it)
+...     return (whole if index is None else whole[index],)
+>>> words = jax.random.key_data(jax.random.key(0))
+>>> (built,) = jax.jit(lambda w: build(w, host, (3, 4), (np.float32,)))(words)
+>>> bool((np.asarray(built) == whole).all())
+True
 """
 
 from __future__ import annotations

@@ -22,7 +22,11 @@ Sharded kernels (``out_sharding=``, or ``nn.with_partitioning`` /
 initializer under a mesh, read by :mod:`eoi_jax.partitioning`) are built shard
 by shard, each on the host of its device (:mod:`eoi_jax.shards`): eagerly in
 :func:`jax.make_array_from_callback`, under ``jit`` by one callback per device
-inside :func:`jax.shard_map`.  The shards are the slices of the unsharded
+inside :func:`jax.shard_map`.  Under ``jit`` with no sharding known while
+tracing (a kernel sharded only by ``jax.jit(..., out_shardings=...)``), the
+kernel is a ``custom_partitioning`` op that XLA's partitioner hands the
+sharding it picked, and each device's callback builds that block
+(:mod:`eoi_jax.autoshard`).  The shards are the slices of the unsharded
 kernel, bit for bit.
 """
 
@@ -311,11 +315,15 @@ def stage(
     shard is built alone (:func:`eoi_jax.shards.host_shard`): eagerly in
     ``jax.make_array_from_callback`` (only the addressable shards of this
     process), under ``jit`` in a ``shard_map`` whose body calls back to the
-    host for its own block.  Under ``jit`` that needs a ``NamedSharding``
-    that splits every axis evenly (as every ``jax.Array``'s does).  Other
-    shardings, and schemes without a shard function, get the whole weight
-    once (eagerly sliced per device; under ``jit`` one callback, then a
-    sharding constraint).  ``mask=False`` returns ``(weight, None)``.
+    host for its own block when the sharding is a ``NamedSharding`` that
+    splits every axis evenly.  Under ``jit`` with no sharding (or another
+    one) and several devices, :func:`eoi_jax.autoshard.build` stages the
+    kernel for the sharding XLA's partitioner picks (``out_shardings``, or
+    ``like``'s sharding: an array of the same shape whose layout the result
+    takes, never read); on one device that is one callback for the whole
+    kernel.  Schemes without a shard function get the whole weight once
+    (eagerly sliced per device; under ``jit`` one callback, then a sharding
+    constraint).  ``mask=False`` returns ``(weight, None)``.
     """
     words = key_words(key)
     concrete = not isinstance(words, jax.core.Tracer)
@@ -432,7 +440,8 @@ def eoi(
         building only its shard; without it, the annotation of a Flax
         partitioning wrapper around ``init`` (``nn.with_partitioning``,
         ``nn.with_logical_partitioning``, ``nnx.with_partitioning``) is used
-        when a mesh is set.
+        when a mesh is set, and under ``jit`` with neither, the sharding
+        XLA picks (e.g. from ``jax.jit(model.init, out_shardings=...)``).
 
     Raises
     ------

@@ -297,7 +297,9 @@ def sparsify(
     axes of type ``Explicit``) or from its box (``nn.Partitioned``,
     ``nn.LogicallyPartitioned``, an ``nnx.Variable`` with ``out_sharding``)
     under ``jax.set_mesh``.  A plain array traced over ``Auto`` axes carries
-    no sharding while tracing: give ``jax.jit`` its ``out_shardings``.
+    no sharding while tracing: its new kernel and mask are staged for the
+    sharding XLA gives the input (:mod:`eoi_jax.autoshard`), so they come out
+    laid out alike without ``out_shardings``.
 
     Examples
     --------
