@@ -9,25 +9,33 @@ matrix ``G`` (``n <= m``):
    pattern does not depend on the angles, so this pass alone finds where the
    Givens phase stops and every column's final support, at O(n / 64) per
    rotation.  Its bitsets (``n * m / 8`` bytes) are kept: they size the value
-   pass and locate the fill of any shard.
+   pass and locate the fill of any shard.  It also records which 64-row
+   words each rotation touches (8 bytes per rotation per 4096 rows).  With
+   several threads a pool thread maps the output's fresh pages meanwhile
+   (:func:`eoi_core.threads.run_beside`): the kernel zeroes a page on its
+   first write, which is most of the cost of writing a large output.
 2. **Value pass, 64 rows at a time.**  A rotation mixes two *columns*, so
    every row of ``G`` evolves on its own: the rows of one bitset word can be
    replayed alone, touching only their own entries, and get exactly the values
    the whole would (each entry sees the same float64 operations in the same
    order).  Within a word a column's current support is one ``uint64``; its
    entries sit in a slot sized by its final support, in row order, at the
-   popcount of the final support below their bit.  A rotation costs O(1)
-   plus the word's entries in its two columns; words run on threads
+   popcount of the final support below their bit.  Only the rotations that
+   touch the word are replayed; each costs O(1) plus the word's entries in
+   its two columns, one branch-free step per entry.  Words run on threads
    (:mod:`eoi_core.threads`; the kernels release the GIL).
-3. **Scatter** of a word's values, cast once to the output dtype and copied
-   as raw bits, and of the mask, straight into its part of the output: 64
-   rows of the weight when it is ``G`` (``out < in``), 64 columns when it is
-   ``G^T`` (``out >= in``).  Words never overlap, so the result does not
+3. **Write** of the values, cast once to the output dtype, and of the mask:
+   when the weight is ``G`` (``out < in``) a word's values go straight into
+   its 64 rows; when it is ``G^T`` (``out >= in``) every word's values are
+   kept column by column and bands of output rows are then written left to
+   right, one cursor per word.  Tasks never overlap, so the result does not
    depend on the number of threads.
 
-The fill skips 8 mask bytes at a time (a popcount of their 0/1 bytes) to the
-zero positions whose rank was drawn.  For a shard (:mod:`eoi_core.shard`) the
-number of zeros before each of its rows follows from the bitsets, so only the
+The fill sets the zero positions whose rank was drawn.  For ``G^T`` the
+pattern pass counted every output row's support, so only the rows holding a
+drawn rank are walked; otherwise the walk skips 8 mask bytes at a time (a
+popcount of their 0/1 bytes).  For a shard (:mod:`eoi_core.shard`) the number
+of zeros before each of its rows follows from the bitsets, so only the
 shard's own segments are walked.
 """
 
