@@ -147,6 +147,25 @@ def check_eoi(rank: int, world: int) -> None:
                 assert torch.equal(mask.to_local(), expected_local(reference_mask, tensor)), where
                 assert torch.equal(mask.full_tensor(), reference_mask), where
                 assert torch.equal(torch.randint(0, 2**31, (4,)), after), f"{where}: torch's RNG advanced differently"
+    # sparsify on weights held in several runs (strided shards): the same masks and weights, and the
+    # report's global numbers (mask counts, the probe's all-reduces over runs) as in one process.
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(21, 50), nn.Tanh(), nn.Linear(50, 21))
+    model = copy.deepcopy(reference)
+    for layer, placements in ((model[0], [_StridedShard(0, split_factor=2)]),
+                              (model[2], [_StridedShard(1, split_factor=3)])):
+        layer.weight = nn.Parameter(distribute_tensor(layer.weight.detach(), meshes[0][0], placements,
+                                                      src_data_rank=None))
+    torch.manual_seed(1)
+    reference_report = eoi_torch.sparsify(reference, DENSITY, mode="hook")
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode="hook")
+    check_same_report(report, reference_report, f"rank {rank}, sparsify on strided shards")
+    for key, mask in eoi_torch.masks(reference).items():
+        assert torch.equal(eoi_torch.masks(model)[key].full_tensor(), mask), f"rank {rank}: strided mask {key}"
+        assert torch.equal(model.get_submodule(key).weight.full_tensor(), reference.get_submodule(key).weight), (
+            f"rank {rank}: strided weight {key}")
+
     # A placement that is not one rectangle of the weight is an error, never a guessed weight.
     from torch.distributed.tensor import Partial
     from torch.distributed.tensor import DTensor
