@@ -47,11 +47,15 @@ from functools import partial
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit
 from .randomness import RotationStream
 from .threads import get_num_threads, run_all, run_beside
+
+# How many rotations ahead the value pass prefetches a rotation's columns (half that for its values).
+AHEAD = 16
 
 __all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
 
@@ -113,6 +117,26 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
             counts[j] = union
             nnz += grown
     return limit, nnz, False
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """LLVM's ``prefetch`` (read, keep in all cache levels) of ``array[index]``: a hint, never a fault."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data, position = args
+        pointer = builder.gep(context.make_array(signature.args[0])(context, builder, value=data).data, [position])
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]), "llvm.prefetch.p0i8"
+        )
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
 
 
 @intrinsic
@@ -207,12 +231,21 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
     lane = w >> 6
     shift = np.uint64(w & 63)
     rotations = first.shape[0]
-    order = np.empty(rotations, dtype=np.uint32)
+    order = np.zeros(rotations + AHEAD, dtype=np.uint32)  # padded: the prefetches look AHEAD rotations on
     count = 0
     for t in range(rotations):  # branch-free compaction of the rotations that touch this word
         order[count] = t
         count += np.int64((touched[t, lane] >> shift) & one)
     for k in range(count):
+        # The columns of a later rotation: their (final, start) now, their first slot once that is known.
+        ahead = np.uint64(order[k + AHEAD])
+        _prefetch(meta, 2 * first[ahead])
+        _prefetch(meta, 2 * second[ahead])
+        _prefetch(current, first[ahead])
+        _prefetch(current, second[ahead])
+        soon = np.uint64(order[k + AHEAD // 2])
+        _prefetch(values, meta[np.uint64(first[soon]), 1])
+        _prefetch(values, meta[np.uint64(second[soon]), 1])
         t = np.uint64(order[k])
         i = np.uint64(first[t])
         j = np.uint64(second[t])
