@@ -568,7 +568,10 @@ def check_fsdp_tp(rank: int, world: int, mode: str, directory: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor import Shard, distribute_tensor
     from torch.distributed.tensor.placement_types import _StridedShard
+
+    from eoi_torch.distributed import gather
 
     where = f"rank {rank}, FSDP2 + TP, mode={mode}"
     torch.manual_seed(0)
@@ -600,6 +603,14 @@ def check_fsdp_tp(rank: int, world: int, mode: str, directory: str) -> None:
         assert torch.equal(parameter.to_local(), expected_local(reference_weights[key], parameter)), (
             f"{where}: weight {key}")
         assert torch.equal(weights[key], reference_weights[key]), f"{where}: layer.weight {key}"
+    # Inside FSDP2's forward a TP weight is a DTensor on the tp sub-mesh: its mask is the TP piece.
+    for key, placement in (("up", Shard(0)), ("down", Shard(1))):
+        piece = distribute_tensor(reference_weights[key], mesh["tp"], [placement], src_data_rank=None)
+        gathered = gather(masks[key], piece)
+        assert tuple(gathered.placements) == (placement,) and gathered.device_mesh == mesh["tp"], where
+        assert torch.equal(gathered.to_local(), expected_local(reference_masks[key], piece)), f"{where}: {key}"
+    flat = distribute_tensor(reference_weights["up"], init_device_mesh("cpu", (world,)), [Shard(1)], src_data_rank=None)
+    assert torch.equal(gather(masks["up"], flat).to_local(), expected_local(reference_masks["up"], flat)), where
     losses = train_mlp(model)
     assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
         f"{where}: losses {losses} against one process {reference_losses}")

@@ -354,13 +354,27 @@ def is_gathered(tensor: torch.Tensor, mask: Any) -> bool:
 
 
 def gather(mask: Any, like: torch.Tensor) -> torch.Tensor:
-    """The DTensor ``mask`` as ``like`` holds it (a collective): whole for a plain ``like``; for a
-    DTensor ``like`` on another mesh (FSDP2's unsharded TP weight), gathered whole and cut to
-    ``like``'s part."""
-    whole = mask.full_tensor()
+    """The DTensor ``mask`` as ``like`` holds it (a collective).
+
+    Whole for a plain ``like`` (FSDP2's unsharded weight).  For a DTensor
+    ``like`` on a named sub-mesh of the mask's mesh (FSDP2's unsharded weight
+    under tensor parallelism: the ``tp`` sub-mesh of ``(dp, tp)``), the mask is
+    gathered along the other mesh dimensions only (``Replicate()`` there,
+    ``like``'s placements on the sub-mesh), so each rank receives its TP piece,
+    not the whole mask; on any other mesh it is gathered whole and cut to
+    ``like``'s part.
+    """
+    from torch.distributed.tensor import Replicate
+
     if not is_dtensor(like):
-        return whole
-    return as_dtensor(take(whole, local_bounds(like)), like)
+        return mask.full_tensor()
+    mesh, names, sub = mask.device_mesh, mask.device_mesh.mesh_dim_names, like.device_mesh.mesh_dim_names
+    if names and sub and set(sub) <= set(names) and like.device_mesh == mesh[sub]:
+        placements = [like.placements[sub.index(name)] if name in sub else Replicate() for name in names]
+        local = mask.redistribute(mesh, placements).to_local()
+        if tuple(local.shape) == tuple(like.to_local().shape):
+            return as_dtensor(local, like)
+    return as_dtensor(take(mask.full_tensor(), local_bounds(like)), like)
 
 
 def fsdp_params(model: torch.nn.Module) -> dict[int, Any]:
