@@ -334,6 +334,12 @@ MESH_4 = textwrap.dedent(
             split = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(mesh, spec))(jax.random.key(6))
         same_shards(split, whole, spec)
         assert sorted(BUILT) == [((32, 16), 16 * 8, ((8 * i, 8 * i + 8), (0, 16))) for i in range(4)], (axes, BUILT)
+    # one traced function compiled for two shardings: each executable builds its own blocks
+    rows = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(auto, P("x"))).lower(jax.random.key(6))
+    cols = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(auto, spec)).lower(jax.random.key(6))
+    cols, rows = cols.compile(), rows.compile()
+    for compiled, layout in ((rows, P("x")), (cols, spec), (rows, P("x"))):
+        same_shards(compiled(jax.random.key(6)), whole, layout)
     # a replicated result is built a quarter per device, then gathered
     BUILT.clear()
     copies = jax.jit(lambda k: init(k, (16, 32)), out_shardings=NamedSharding(auto, P()))(jax.random.key(6))
