@@ -22,7 +22,8 @@ matrix ``G`` (``n <= m``):
    entries sit in a slot sized by its final support, in row order, at the
    popcount of the final support below their bit.  Only the rotations that
    touch the word are replayed; each costs O(1) plus the word's entries in
-   its two columns, one branch-free step per entry.  Words run on threads
+   its two columns.  An entry in only one column (most of them) takes one
+   branch-free step: its value is read once and both new values selected.  Words run on threads
    (:mod:`eoi_core.threads`; the kernels release the GIL).
 3. **Write** of the values, cast once to the output dtype, and of the mask:
    when the weight is ``G`` (``out < in``) a word's values go straight into
@@ -120,6 +121,18 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
 
 
 @intrinsic
+def _select_index(typingctx, condition, if_true, if_false):
+    """LLVM's ``select`` on two uint64: ``if_true if condition else if_false`` without a branch."""
+    if condition != types.boolean or if_true != types.uint64 or if_false != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return types.uint64(types.boolean, types.uint64, types.uint64), codegen
+
+
+@intrinsic
 def _prefetch(typingctx, array, index):
     """LLVM's ``prefetch`` (read, keep in all cache levels) of ``array[index]``: a hint, never a fault."""
     if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
@@ -182,12 +195,6 @@ def _masked_popcount(bits, j, lo, hi):
     return np.int64(total)
 
 
-@jit(nogil=True, inline="always")
-def _below_lowest(word):
-    """The bits below the lowest set bit of a non-zero ``word``."""
-    return (word & (np.uint64(0) - word)) - np.uint64(1)
-
-
 @jit(nogil=True)
 def _word_values(bits, w, keep, first, second, cos, sin, touched):
     """Replay the rotations on the rows ``64 w + b`` (``b`` a set bit of ``keep``) only.
@@ -199,10 +206,11 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
     each column among them is one word, so a rotation costs O(1) plus its
     entries, and every entry sees the same float64 operations as in a replay
     of all rows.  Only the rotations that touch word ``w`` (bit ``w`` of
-    ``touched[t]``) are replayed.  Each entry of a rotation's union is updated
-    by one branch-free step: the three cases (in both columns, only in ``i``,
-    only in ``j``) are all computed and the right one selected, so the only
-    unpredictable branch left is the end of the union.
+    ``touched[t]``) are replayed.  The entries in both columns (a few percent)
+    take the rotation's two products each; an entry in one column only, which
+    spreads to the other, takes one branch-free step (read once, both new
+    values selected): ``(c a, s a)`` from column ``i``, ``(-(s b), c b)`` from
+    ``j``, exactly the reference's results.
 
     Returns ``(meta, values)``: ``meta[j] = (final[j], start[j])`` for
     ``j <= cols`` (``start[cols]`` is the number of entries).  Indices are
@@ -251,32 +259,37 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
         j = np.uint64(second[t])
         support_i = current[i]
         support_j = current[j]
-        union = support_i | support_j
         c = cos[t]
         s = sin[t]
         final_i = meta[i, 0]
         final_j = meta[j, 0]
         base_i = meta[i, 1]
         base_j = meta[j, 1]
-        rest = union
-        while rest:
+        # Slots exist for every row of the union: it lies inside both final supports.
+        rest = support_i & support_j
+        while rest:  # in both columns (a few percent of the steps)
+            below = (rest & (np.uint64(0) - rest)) - one
+            p = base_i + _popcount(final_i & below)
+            q = base_j + _popcount(final_j & below)
+            a = values[p]
+            b = values[q]
+            values[p] = c * a - s * b
+            values[q] = s * a + c * b
+            rest &= rest - one
+        rest = support_i ^ support_j
+        while rest:  # in one column only: it spreads to the other, (c a, s a) or (-(s b), c b)
             low = rest & (np.uint64(0) - rest)
             below = low - one
-            # both slots exist: the row is in the union, and the union is in both final supports
             p = base_i + _popcount(final_i & below)
             q = base_j + _popcount(final_j & below)
             in_i = (support_i & low) != 0
-            in_j = (support_j & low) != 0
-            a = values[p]
-            b = values[q]
-            ca = c * a
-            sb = s * b
-            sa = s * a
-            cb = c * b
-            # in both: (c a - s b, s a + c b); only in i: (c a, s a); only in j: (-(s b), c b)
-            values[p] = _select(in_i, _select(in_j, ca - sb, ca), -sb)
-            values[q] = _select(in_i, _select(in_j, sa + cb, sa), cb)
+            x = values[_select_index(in_i, p, q)]
+            cx = c * x
+            sx = s * x
+            values[p] = _select(in_i, cx, -sx)
+            values[q] = _select(in_i, sx, cx)
             rest &= rest - one
+        union = support_i | support_j
         current[i] = union
         current[j] = union
     return meta, values
