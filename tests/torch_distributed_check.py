@@ -23,7 +23,8 @@ check raises in its rank, so the command exits non-zero with the traceback.
    every rank's local weight and mask equal the single-process slice, the
    report is the single-process one, training keeps the stored shards zero off
    their masks and tracks the single-process losses; ``state_dict`` and
-   ``torch.distributed.checkpoint`` round trips; ``make_permanent``.
+   ``torch.distributed.checkpoint`` round trips; ``make_permanent``.  And
+   ``sparsify`` (hook mode) before tensor parallelism and FSDP2.
 6. Saving and loading a sharded, sparsified, trained model (world 2, both
    modes): ``state_dict`` into a freshly sharded model after
    ``prepare_for_load``, and ``torch.distributed.checkpoint`` ``save``/``load``
@@ -643,6 +644,30 @@ def check_fsdp_tp(rank: int, world: int, mode: str, directory: str) -> None:
     train_mlp(model, 1)
 
 
+def check_sparsify_then_tp(rank: int, world: int) -> None:
+    """``sparsify`` (hook mode) first, then tensor parallelism and FSDP2: every rank keeps whole masks, cut
+    to its strided shards where used; training tracks one process and keeps the zeros.  (Parametrize mode
+    cannot go first: torch's ``parallelize_module`` does not shard a parametrized weight.)"""
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    where = f"rank {rank}, sparsify, then TP and FSDP2"
+    torch.manual_seed(0)
+    model = MLP()
+    torch.manual_seed(1)
+    eoi_torch.sparsify(model, DENSITY, mode="hook")
+    reference_losses = train_mlp(copy.deepcopy(model))
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    parallelize_module(model, mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    fully_shard(model, mesh=mesh["dp"])
+    losses = train_mlp(model)
+    assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference_losses)), (
+        f"{where}: losses {losses} against one process {reference_losses}")
+    assert_off_mask_zero(model, where)
+
+
 def run(rank: int, world: int, store: str) -> None:
     # Rendezvous through a file (no port to pick, so no race with other processes for a free
     # port); gloo's own connections stay on the loopback interface.
@@ -668,6 +693,7 @@ def run(rank: int, world: int, store: str) -> None:
         if world == 4:
             for mode in ("parametrize", "hook"):
                 check_fsdp_tp(rank, world, mode, os.path.join(os.path.dirname(store), f"tp-{mode}"))
+            check_sparsify_then_tp(rank, world)
         dist.barrier()
         if rank == 0:
             print(f"world {world}: all checks passed", flush=True)
