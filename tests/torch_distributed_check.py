@@ -33,7 +33,9 @@ check raises in its rank, so the command exits non-zero with the traceback.
 7. A tied embedding / output head under FSDP2 (world 2, both modes):
    ``tied="skip"`` reports the tie, ``"error"`` raises before anything is
    drawn or written, ``"sparsify"`` gives both holders one mask (the
-   single-process one) and training keeps the tie and the zeros.
+   single-process one) and training keeps the tie and the zeros; the same for
+   ``transformers``' GPT-2 (tied ``wte``/``lm_head``, ``Conv1D`` weights) when
+   it is installed.
 8. Mixed precision (``MixedPrecisionPolicy(param_dtype=bfloat16,
    reduce_dtype=float32)``, world 2, both modes): the forward runs in
    bfloat16, the float32 shards stay exactly zero off their masks.
@@ -501,6 +503,50 @@ def check_tied(rank: int, world: int, mode: str) -> None:
     assert_shards_off_mask_zero(model, where)
 
 
+def check_gpt2(rank: int, world: int, mode: str) -> None:
+    """transformers' GPT-2 (Conv1D weights stored ``(in, out)``, fused c_attn, a tied word embedding / LM
+    head) under FSDP2 with ``tied="sparsify"``: the single-process masks and weights, the tie kept in training."""
+    try:
+        import transformers
+    except ImportError:
+        return
+    import eoi_torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    where = f"rank {rank}, GPT-2 under FSDP2, mode={mode}"
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=40, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    reference = transformers.GPT2LMHeadModel(config)
+    model = copy.deepcopy(reference)
+    torch.manual_seed(1)
+    reference_report = eoi_torch.sparsify(reference, DENSITY, mode=mode, tied="sparsify")
+    mesh = init_device_mesh("cpu", (world,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    assert model.lm_head.weight is model.transformer.wte.weight, f"{where}: fully_shard broke the tie"
+    torch.manual_seed(1)
+    report = eoi_torch.sparsify(model, DENSITY, mode=mode, tied="sparsify")
+    check_same_report(report, reference_report, where)
+    masks, reference_masks = eoi_torch.masks(model), eoi_torch.masks(reference)
+    assert sorted(masks) == sorted(reference_masks), where
+    weights, reference_weights = effective_weights(model), effective_weights(reference)
+    for key, mask in masks.items():
+        assert torch.equal(mask.full_tensor(), reference_masks[key]), f"{where}: mask {key}"
+        assert torch.equal(weights[key], reference_weights[key]), f"{where}: weight {key}"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    tokens = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        optimizer.step()
+    assert torch.equal(whole(model.lm_head.weight).detach(), whole(model.transformer.wte.weight).detach()), where
+    assert_off_mask_zero(model, where)
+    assert_shards_off_mask_zero(model, where)
+
+
 class MLP(nn.Module):
     """Two tensor-parallel layers (column- then row-wise, as in a transformer's MLP) and a plain head."""
 
@@ -689,6 +735,7 @@ def run(rank: int, world: int, store: str) -> None:
             for mode in ("parametrize", "hook"):
                 check_state_dict(rank, world, mode, os.path.join(os.path.dirname(store), f"checkpoint-{mode}"))
                 check_tied(rank, world, mode)
+                check_gpt2(rank, world, mode)
                 check_mixed_precision(rank, world, mode)
         if world == 4:
             for mode in ("parametrize", "hook"):
