@@ -10,10 +10,7 @@ matrix ``G`` (``n <= m``):
    Givens phase stops and every column's final support, at O(n / 64) per
    rotation.  Its bitsets (``n * m / 8`` bytes) are kept: they size the value
    pass and locate the fill of any shard.  It also records which 64-row
-   words each rotation touches (8 bytes per rotation per 4096 rows).  With
-   several threads a pool thread maps the output's fresh pages meanwhile
-   (:func:`eoi_core.threads.run_beside`): the kernel zeroes a page on its
-   first write, which is most of the cost of writing a large output.
+   words each rotation touches (8 bytes per rotation per 4096 rows).
 2. **Value pass, 64 rows at a time.**  A rotation mixes two *columns*, so
    every row of ``G`` evolves on its own: the rows of one bitset word can be
    replayed alone, touching only their own entries, and get exactly the values
@@ -53,9 +50,9 @@ from numba.extending import intrinsic
 
 from ._jit import jit
 from .randomness import RotationStream
-from .threads import get_num_threads, run_all, run_beside
+from .threads import get_num_threads, run_all
 
-# How many rotations ahead the value pass prefetches a rotation's columns (half that for its values).
+# How many rotations ahead the passes prefetch a rotation's columns (the value pass: half that for its values).
 AHEAD = 16
 
 __all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
@@ -91,6 +88,12 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
     for t in range(limit):
         if nnz == budget:
             return t, nnz, True
+        if t + AHEAD < limit:  # the bitsets of a later rotation's columns (n * m / 8 bytes outgrow the caches)
+            later_i = first[t + AHEAD] * words
+            later_j = second[t + AHEAD] * words
+            for w in range(0, words, 8):
+                _prefetch(bits, later_i + w)
+                _prefetch(bits, later_j + w)
         i = first[t]
         j = second[t]
         count_i = counts[i]
@@ -673,7 +676,7 @@ def _replay_word(pattern, k, w, keep, col0, col1, offsets, value_bits, gain, dty
     value_bits[offsets[k] : offsets[k + 1]] = values.astype(dtype).view(value_bits.dtype)
 
 
-def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads):
+def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads, warm):
     """``G^T``: replay every word first (values only), then write the output row after row.
 
     Rows of the weight are contiguous, so writing them in order streams
@@ -706,6 +709,8 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
                     dtype)
             for k in range(keeps.shape[0])
         ]
+    if threads > 1 and warm:
+        replay.insert(0, partial(_warm, weight_bits, mask))  # one thread maps the output meanwhile
     run_all(replay, threads)
     write = [
         partial(_gather_band, weight_bits, mask, pattern.bits, first_word, keeps, offsets[:-1] + table[b],
@@ -738,8 +743,9 @@ def write_values(
     if rows[0] >= rows[1] or cols[0] >= cols[1]:
         return
     weight_bits = weight.view(_UINT[weight.dtype.itemsize])
+    warm = weight.nbytes >= WARM_BYTES
     if transposed:
-        _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads)
+        _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads, warm)
         return
     if weight.dtype in _NATIVE:
         tasks = [
@@ -764,25 +770,25 @@ def _touch(memory, start, stop):
 
 
 PAGE = 4096
-# Memory warmed per optional task: small enough to stop soon after the pattern pass ends.
-WARM_CHUNK = 1 << 20
 
 
-def _warm_tasks(*arrays: np.ndarray) -> list:
-    """Tasks that map the pages of fresh zeroed ``arrays`` (C-contiguous ones only), first pages first.
+# Outputs from this size on are mapped by one thread while the others replay (G^T only).
+WARM_BYTES = 1 << 22
 
-    The kernel zeroes a page when it is first written, which is most of the
-    cost of producing a large output (the benchmark's floor); done by an
-    idle thread while the pattern pass runs, it is off the critical path.
-    The tasks write zeros into zeroed memory, so they change nothing.
+
+def _warm(*arrays: np.ndarray) -> None:
+    """Map the pages of fresh zeroed ``arrays`` (the C-contiguous ones) by writing a zero into each.
+
+    The kernel zeroes a page on its first write, which is most of the cost
+    of producing a large output (the benchmark's floor).  Run as one task,
+    on one thread, while the other threads replay words: page faults taken
+    by several threads at once contend in the kernel (measured slower than
+    one thread taking them all), and the replay works in its own cache.
     """
-    tasks = []
     for array in arrays:
-        if array.flags.c_contiguous and array.nbytes >= WARM_CHUNK:
+        if array.flags.c_contiguous and array.size:
             memory = array.reshape(-1).view(np.uint8)
-            tasks += [partial(_touch, memory, start, min(start + WARM_CHUNK, memory.shape[0]))
-                      for start in range(0, memory.shape[0], WARM_CHUNK)]
-    return sorted(tasks, key=lambda task: task.args[1])  # weight and mask front to back together
+            _touch(memory, 0, memory.shape[0])
 
 
 def write_givens(
@@ -793,16 +799,11 @@ def write_givens(
     gain: float,
     max_rotations: int | None = None,
 ) -> tuple[int, int, np.ndarray | None]:
-    """Same contract as :func:`eoi_core.reference.write_givens`.
-
-    With several threads, a pool thread maps the output's pages while this
-    one runs the (sequential) pattern pass.
-    """
+    """Same contract as :func:`eoi_core.reference.write_givens`."""
     out, inp = weight.shape
     transposed = out >= inp
     rows, cols = (inp, out) if transposed else (out, inp)
-    warm = _warm_tasks(weight, mask) if weight.size >= THREAD_ENTRIES else []
-    pattern = run_beside(lambda: pattern_pass(rows, cols, budget, stream, max_rotations), warm)
+    pattern = pattern_pass(rows, cols, budget, stream, max_rotations)
     write_values(pattern, weight, mask, transposed=transposed, rows=(0, rows), cols=(0, cols), gain=gain)
     # A row of G^T is a column of G, whose support size the pattern pass counted.
     return int(pattern.first.shape[0]), pattern.nnz, pattern.counts if transposed else None
