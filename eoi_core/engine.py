@@ -26,8 +26,9 @@ matrix ``G`` (``n <= m``):
    when the weight is ``G`` (``out < in``) a word's values go straight into
    its 64 rows; when it is ``G^T`` (``out >= in``) every word's values are
    kept column by column and bands of output rows are then written left to
-   right, one cursor per word.  Tasks never overlap, so the result does not
-   depend on the number of threads.
+   right, one cursor per word; while the words are replayed, one thread maps
+   the output's fresh pages (:func:`_warm`).  Tasks never overlap, so the
+   result does not depend on the number of threads.
 
 The fill sets the zero positions whose rank was drawn.  For ``G^T`` the
 pattern pass counted every output row's support, so only the rows holding a

@@ -29,11 +29,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from .checks import check_int
 
-__all__ = ["get_num_threads", "set_num_threads", "run_all", "run_beside", "MAX_DEFAULT_THREADS", "ENV_VAR"]
+__all__ = ["get_num_threads", "set_num_threads", "run_all", "MAX_DEFAULT_THREADS", "ENV_VAR"]
 
 MAX_DEFAULT_THREADS = 8
 ENV_VAR = "EOI_NUM_THREADS"
@@ -145,36 +145,3 @@ def run_all(tasks: Sequence[Callable[[], Any]], threads: int | None = None) -> N
     if errors:
         raise errors[0]
 
-
-Result = TypeVar("Result")
-
-
-def run_beside(
-    main: Callable[[], Result], optional: Sequence[Callable[[], Any]], threads: int | None = None
-) -> Result:
-    """Run ``main()`` on the caller's thread while one pool thread takes ``optional`` tasks in order.
-
-    The optional tasks are work that may be skipped (warming memory, say):
-    once ``main`` returns, no new one starts; the one running is waited for,
-    so nothing runs on after this returns.  With one thread, only ``main``
-    runs.  Returns what ``main`` returns; an error of ``main`` or of an
-    optional task is raised here.
-    """
-    threads = get_num_threads() if threads is None else threads
-    if threads <= 1 or not optional:
-        return main()
-    stop = threading.Event()
-
-    def worker() -> None:
-        for task in optional:
-            if stop.is_set():
-                return
-            task()
-
-    future = _executor(1).submit(worker)
-    try:
-        return main()
-    finally:
-        stop.set()
-        if not future.cancel():
-            future.result()

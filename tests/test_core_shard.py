@@ -4,8 +4,6 @@ and a shard needs memory for itself and the support pattern, not for the whole w
 
 from __future__ import annotations
 
-import threading
-import time
 import tracemalloc
 
 import numpy as np
@@ -113,7 +111,7 @@ def many_tasks(monkeypatch):
     """Make even small weights split into many words and threads, to exercise the pool."""
     monkeypatch.setattr(engine, "BAND_ENTRIES", 64)
     monkeypatch.setattr(engine, "THREAD_ENTRIES", 1)
-    monkeypatch.setattr(engine, "WARM_CHUNK", 4096)  # page warming beside the pattern pass, even here
+    monkeypatch.setattr(engine, "WARM_BYTES", 1)  # one thread maps the output's pages, even here
     previous = eoi_core.get_num_threads()
     yield
     eoi_core.set_num_threads(previous)
@@ -252,48 +250,18 @@ def test_engine_threads_work_in_a_forked_child(many_tasks):
     assert np.array_equal(weight, expected)
 
 
-def test_run_beside_returns_main_and_starts_no_optional_task_after_it():
-    started = []
-    gate = threading.Event()
-
-    def first_optional():
-        started.append("first")
-        gate.wait(5)
-
-    def main():
-        while not started:  # the pool thread has taken the first optional task
-            time.sleep(0.001)
-        return "result"
-
-    optional = [first_optional] + [lambda k=k: started.append(k) for k in range(5)]
-    # main returns while the first optional task still runs: the rest never start
-    timer = threading.Timer(0.05, gate.set)
-    timer.start()
-    assert threads.run_beside(main, optional, threads=2) == "result"
-    assert started == ["first"]
-    assert threads.run_beside(lambda: 7, optional, threads=1) == 7 and started == ["first"]
-
-
-def test_run_beside_raises_the_errors_of_either_side():
-    def boom():
-        raise RuntimeError("optional failed")
-
-    with pytest.raises(RuntimeError, match="optional failed"):
-        threads.run_beside(lambda: time.sleep(0.05), [boom], threads=2)
-    with pytest.raises(ZeroDivisionError):
-        threads.run_beside(lambda: 1 / 0, [lambda: None], threads=2)
-
-
 def test_warming_pages_changes_no_bit(monkeypatch):
-    monkeypatch.setattr(engine, "WARM_CHUNK", 4096)
+    monkeypatch.setattr(engine, "WARM_BYTES", 1)
     monkeypatch.setattr(engine, "THREAD_ENTRIES", 1)
     previous = eoi_core.get_num_threads()
     try:
         outputs = []
-        for count in (1, 2):
+        for count in (1, 2, 3):
             eoi_core.set_num_threads(count)
             outputs.append(tuple(a.tobytes() for a in eoi_core.sparse_orthogonal((512, 300), 0.1, rng=8)))
     finally:
         eoi_core.set_num_threads(previous)
-    assert outputs[0] == outputs[1]
-    assert len(engine._warm_tasks(np.zeros((512, 300), np.float32), np.zeros((512, 300), bool))) == 188
+    assert outputs[0] == outputs[1] == outputs[2]
+    weight, mask = np.zeros((40, 30), np.float32), np.zeros((40, 30), bool)
+    engine._warm(weight, mask, np.zeros((9, 9), np.float32)[:, ::2])  # the strided one is left alone
+    assert not weight.any() and not mask.any()
