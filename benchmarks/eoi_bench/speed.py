@@ -19,7 +19,9 @@ follows ``EOI_NUM_THREADS`` and the CPUs this process may use); its results are 
 every thread count.
 
 Each cell is the median of ``--repeats`` runs, except that a cell stops repeating once its total
-would pass ``--cell-seconds`` (its run count ``n`` is then shown).  Peak memory is measured for the
+would pass ``--cell-seconds`` (its run count ``n`` is then shown).  The floors are timed in the same
+rounds as the numba engine (one run of each per round, :func:`time_interleaved`), so a change of the
+machine's load touches their ratio as little as it can.  Peak memory is measured for the
 numba engine in a child process (:mod:`eoi_bench.memory`) and reported relative to the output
 (weight + mask), for outputs of at least 4 MiB (below that the allocator's page reuse hides it).
 
@@ -88,6 +90,28 @@ def time_cell(function: Callable[[int], object], repeats: int, cell_seconds: flo
         if sum(times) + times[-1] > cell_seconds:
             break
     return Cell(float(np.median(times)), len(times))
+
+
+def time_interleaved(functions: dict[str, Callable[[int], object]], repeats: int,
+                     cell_seconds: float) -> dict[str, Cell]:
+    """:func:`time_cell` for several functions in turn, one run of each per round.
+
+    The floors and the engine they bound are timed in the same rounds, so a
+    change of the machine's load during the row touches their ratio as
+    little as it can.  Rounds stop once the slowest function's total would
+    pass ``cell_seconds``.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    while len(times[next(iter(functions))]) < repeats:
+        for name, function in functions.items():
+            gc.collect()
+            start = time.perf_counter()
+            result = function(len(times[name]))
+            times[name].append(time.perf_counter() - start)
+            del result
+        if max(sum(values) + values[-1] for values in times.values()) > cell_seconds:
+            break
+    return {name: Cell(float(np.median(values)), len(values)) for name, values in times.items()}
 
 
 def _eoi(shape: tuple[int, int], density: float, engine: str) -> Callable[[int], object]:
@@ -190,15 +214,16 @@ def measure_rows(plan: Plan, log: Callable[[str], None] = lambda line: None) -> 
         if density < eoi_core.min_density(shape):
             log(f"{shape[0]}x{shape[1]} d={density}: below the orthogonal floor, skipped")
             continue
-        if shape not in per_shape:  # density-independent columns: once per shape
-            per_shape[shape] = {"floor": time_cell(_floor(shape), plan.repeats, plan.cell_seconds),
-                                "floor N": time_cell(_floor_threads(shape, plan.threads), plan.repeats,
-                                                     plan.cell_seconds)}
+        if shape not in per_shape:  # density-independent and slow: once per shape
+            per_shape[shape] = {}
             if max(shape) <= plan.qr_max:
                 with _blas_threads(plan.blas_threads):
                     per_shape[shape]["dense QR"] = time_cell(_dense_qr(shape), plan.repeats, plan.cell_seconds)
         row.cells.update(per_shape[shape])
-        row.cells["numba"] = time_cell(_eoi(shape, density, "numba"), plan.repeats, plan.cell_seconds)
+        # The engine and the floors it is compared with, in the same rounds.
+        row.cells.update(time_interleaved(
+            {"numba": _eoi(shape, density, "numba"), "floor": _floor(shape),
+             "floor N": _floor_threads(shape, plan.threads)}, plan.repeats, plan.cell_seconds))
         if max(shape) <= plan.reference_max:
             row.cells["reference"] = time_cell(_eoi(shape, density, "reference"), plan.repeats, plan.cell_seconds)
         if max(shape) <= plan.published_max:
@@ -415,8 +440,9 @@ def run(args: argparse.Namespace) -> list[Row]:
     targets = check_targets(rows)
     threads = "its default number of" if plan.blas_threads == 0 else str(plan.blas_threads)
     header = (f"float32 weights; median of {plan.repeats} runs per cell unless n= says fewer "
-              f"(a cell stops repeating after {plan.cell_seconds:g} s); dense QR and floor do not depend "
-              f"on the density and are timed once per shape; dense QR uses {threads} BLAS thread(s), "
+              f"(a cell stops repeating after {plan.cell_seconds:g} s); the floors are timed in the same rounds "
+              f"as the numba engine, one run of each per round; dense QR does not depend on the density and "
+              f"is timed once per shape; dense QR uses {threads} BLAS thread(s), "
               f"the numba engine {plan.threads} thread(s); 'floor' is written by one thread, 'floor N' by "
               f"{plan.threads}.")
     print(header)
