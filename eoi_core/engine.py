@@ -104,17 +104,29 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
         for lane in range(lanes):
             touched[t, lane] = occupied[i, lane] | occupied[j, lane]
         union_bits = np.uint64(0)
-        for w in range(words):
-            union_bits += _popcount(bits[i, w] | bits[j, w])
-        union = np.int64(union_bits)
-        grown = 2 * union - count_i - count_j
-        if nnz + grown > budget:
-            return t, nnz, True
-        if grown:
+        if nnz + count_i + count_j <= budget:
+            # The rotation cannot overshoot (it grows the support by at most count_i + count_j):
+            # merge while counting, one pass over the two bitsets.
             for w in range(words):
                 merged = bits[i, w] | bits[j, w]
+                union_bits += _popcount(merged)
                 bits[i, w] = merged
                 bits[j, w] = merged
+            union = np.int64(union_bits)
+            grown = 2 * union - count_i - count_j
+        else:  # near the budget: count first, merge only if the rotation fits
+            for w in range(words):
+                union_bits += _popcount(bits[i, w] | bits[j, w])
+            union = np.int64(union_bits)
+            grown = 2 * union - count_i - count_j
+            if nnz + grown > budget:
+                return t, nnz, True
+            if grown:
+                for w in range(words):
+                    merged = bits[i, w] | bits[j, w]
+                    bits[i, w] = merged
+                    bits[j, w] = merged
+        if grown:
             for lane in range(lanes):
                 occupied[i, lane] = touched[t, lane]
                 occupied[j, lane] = touched[t, lane]
