@@ -212,7 +212,14 @@ def _masked_popcount(bits, j, lo, hi):
 
 
 @jit(nogil=True)
-def _word_values(bits, w, keep, first, second, cos, sin, touched):
+def _scratch(cols, rotations):
+    """Fresh scratch buffers for :func:`_word_values`: ``(meta, current, order, spare)``."""
+    return (np.empty((cols + 1, 2), dtype=np.uint64), np.empty(cols, dtype=np.uint64),
+            np.zeros(rotations + AHEAD, dtype=np.uint32), np.zeros(0, dtype=np.float64))
+
+
+@jit(nogil=True)
+def _word_values(bits, w, keep, first, second, cos, sin, touched, meta, current, order, spare):
     """Replay the rotations on the rows ``64 w + b`` (``b`` a set bit of ``keep``) only.
 
     Column ``j``'s entries among these rows are the set bits of
@@ -228,13 +235,19 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
     values selected): ``(c a, s a)`` from column ``i``, ``(-(s b), c b)`` from
     ``j``, exactly the reference's results.
 
+    ``meta`` (``(cols + 1, 2)`` uint64), ``current`` (``cols`` uint64),
+    ``order`` (``len(first) + AHEAD`` uint32) and ``spare`` (float64, reused
+    for the values when large enough) are scratch buffers of the caller's,
+    reused from word to word (see :func:`_scratch`): allocating them per word
+    costs page faults, which contend with the thread mapping the output.
+
     Returns ``(meta, values)``: ``meta[j] = (final[j], start[j])`` for
-    ``j <= cols`` (``start[cols]`` is the number of entries).  Indices are
-    unsigned so that Numba adds no negative-index wraparound.
+    ``j <= cols`` (``start[cols]`` is the number of entries), ``values`` the
+    buffer the slots are in.  Indices are unsigned so that Numba adds no
+    negative-index wraparound.
     """
     one = np.uint64(1)
     cols = bits.shape[0]
-    meta = np.empty((cols + 1, 2), dtype=np.uint64)  # (final, start) side by side: one cache line per column
     start = np.uint64(0)
     for j in range(cols):
         word = bits[j, w] & keep
@@ -243,8 +256,10 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
         start += _popcount(word)
     meta[cols, 0] = 0
     meta[cols, 1] = start
-    values = np.zeros(start, dtype=np.float64)  # zeros: a step may read a slot it is about to fill
-    current = np.zeros(cols, dtype=np.uint64)
+    # A step reads the slot it is about to fill and throws the read away: the slots need only hold
+    # finite numbers (a fresh buffer is zeroed; a reused one holds the last word's values).
+    values = spare if spare.shape[0] >= start else np.zeros(start + start // 4, dtype=np.float64)
+    current[:] = 0
     rest = keep
     while rest:  # the identity: column r holds row r
         low = rest & (np.uint64(0) - rest)
@@ -255,7 +270,7 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched):
     lane = w >> 6
     shift = np.uint64(w & 63)
     rotations = first.shape[0]
-    order = np.zeros(rotations + AHEAD, dtype=np.uint32)  # padded: the prefetches look AHEAD rotations on
+    # order is padded: the prefetches look AHEAD rotations on (stale entries are valid rotations)
     count = 0
     for t in range(rotations):  # branch-free compaction of the rotations that touch this word
         order[count] = t
@@ -634,8 +649,10 @@ def _write_rows(weight, mask, bits, word0, word1, lo, hi, col0, col1, first, sec
     NumPy's ``astype`` rounds), so one call does a task's whole work.
     """
     one = np.uint64(1)
+    meta, current, order, values = _scratch(bits.shape[0], first.shape[0])
     for w in range(word0, word1):
-        meta, values = _word_values(bits, w, _keep_bits(w, lo, hi), first, second, cos, sin, touched)
+        meta, values = _word_values(bits, w, _keep_bits(w, lo, hi), first, second, cos, sin, touched, meta, current,
+                                    order, values)
         for j in range(col0, col1):
             rest = meta[j, 0]
             p = np.int64(meta[j, 1])
@@ -652,9 +669,10 @@ def _replay_words(out, offsets, bits, first_word, keeps, word0, word1, col0, col
                   gain):
     """Replay the words ``[word0, word1)``; word ``w``'s values of the columns ``[col0, col1)`` (times ``gain``,
     cast to ``out``'s dtype on the store) go to ``out[offsets[k]:offsets[k + 1]]``, ``k = w - first_word``."""
+    meta, current, order, values = _scratch(bits.shape[0], first.shape[0])
     for w in range(word0, word1):
         k = w - first_word
-        meta, values = _word_values(bits, w, keeps[k], first, second, cos, sin, touched)
+        meta, values = _word_values(bits, w, keeps[k], first, second, cos, sin, touched, meta, current, order, values)
         start = np.int64(meta[col0, 1])
         base = offsets[k] - start
         for p in range(start, np.int64(meta[col1, 1])):
@@ -669,7 +687,7 @@ def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, t
     for w in range(word0, word1):
         meta, values = _word_values(
             pattern.bits, w, _keep(w, lo, hi), pattern.first, pattern.second, pattern.cos, pattern.sin,
-            pattern.touched,
+            pattern.touched, *_scratch(pattern.cols, pattern.first.shape[0]),
         )
         values = values[meta[col0, 1] : meta[col1, 1]]
         if gain != 1.0:
@@ -681,7 +699,8 @@ def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, t
 def _replay_word(pattern, k, w, keep, col0, col1, offsets, value_bits, gain, dtype):
     """Replay word ``w`` and keep its cast values of the columns ``[col0, col1)`` at ``value_bits[offsets[k]:]``."""
     meta, values = _word_values(
-        pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched
+        pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched,
+        *_scratch(pattern.cols, pattern.first.shape[0]),
     )
     values = values[meta[col0, 1] : meta[col1, 1]]
     if gain != 1.0:
