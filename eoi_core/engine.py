@@ -538,6 +538,8 @@ def _fill_rows(flat, words, head, length, row_support, ranks):
 
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
+# Tasks per thread when the work is shared (they take turns from one counter, so small tasks balance).
+TASKS_PER_THREAD = 4
 # Entries one task replays (64 rows at a time) before writing them out.
 BAND_ENTRIES = 1 << 19
 # Below this many entries, everything runs on the caller's thread: hand-offs would cost more.
@@ -617,7 +619,7 @@ def _tasks(pattern: Pattern, lo: int, hi: int, threads: int) -> list[tuple[int, 
     entries = pattern.nnz * (hi - lo) / max(pattern.rows, 1)
     count = max(1, int(np.ceil(entries / BAND_ENTRIES)))
     if threads > 1 and entries >= THREAD_ENTRIES:
-        count = max(count, 4 * threads)  # several per thread: the words' costs differ
+        count = max(count, TASKS_PER_THREAD * threads)  # several per thread: the words' costs differ
     count = min(count, words)
     edges = [first_word + (words * k) // count for k in range(count + 1)]
     return list(zip(edges[:-1], edges[1:]))
@@ -722,7 +724,7 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
         threads = 1  # hand-offs would cost more than the work
     first_word, last_word = lo // 64, (hi + 63) // 64
     keeps = np.array([_keep(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
-    parts = max(1, min(4 * threads, col1 - col0)) if threads > 1 else 1
+    parts = max(1, min(TASKS_PER_THREAD * threads, col1 - col0)) if threads > 1 else 1
     edges = np.array([col0 + ((col1 - col0) * b) // parts for b in range(parts + 1)], dtype=np.int64)
     table = _band_counts(pattern.bits, first_word, keeps, edges)
     offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
