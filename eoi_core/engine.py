@@ -137,18 +137,6 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
 
 
 @intrinsic
-def _select_index(typingctx, condition, if_true, if_false):
-    """LLVM's ``select`` on two uint64: ``if_true if condition else if_false`` without a branch."""
-    if condition != types.boolean or if_true != types.uint64 or if_false != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.select(*args)
-
-    return types.uint64(types.boolean, types.uint64, types.uint64), codegen
-
-
-@intrinsic
 def _prefetch(typingctx, array, index):
     """LLVM's ``prefetch`` (read, keep in all cache levels) of ``array[index]``: a hint, never a fault."""
     if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
@@ -170,14 +158,14 @@ def _prefetch(typingctx, array, index):
 
 @intrinsic
 def _select(typingctx, condition, if_true, if_false):
-    """LLVM's ``select`` on two float64: ``if_true if condition else if_false`` without a branch."""
-    if condition != types.boolean or if_true != types.float64 or if_false != types.float64:
+    """LLVM's ``select``: ``if_true if condition else if_false`` without a branch (two float64 or two uint64)."""
+    if condition != types.boolean or if_true != if_false or if_true not in (types.float64, types.uint64):
         return None
 
     def codegen(context, builder, signature, args):
         return builder.select(*args)
 
-    return types.float64(types.boolean, types.float64, types.float64), codegen
+    return if_true(types.boolean, if_true, if_false), codegen
 
 
 @intrinsic
@@ -314,7 +302,7 @@ def _word_values(bits, w, keep, first, second, cos, sin, touched, meta, current,
             p = base_i + _popcount(final_i & below)
             q = base_j + _popcount(final_j & below)
             in_i = (support_i & low) != 0
-            x = values[_select_index(in_i, p, q)]
+            x = values[_select(in_i, p, q)]
             cx = c * x
             sx = s * x
             values[p] = _select(in_i, cx, -sx)
@@ -635,16 +623,9 @@ def _tasks(pattern: Pattern, lo: int, hi: int, threads: int) -> list[tuple[int, 
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _keep(w: int, lo: int, hi: int) -> np.uint64:
-    """The bits of word ``w`` that are rows in ``[lo, hi)``."""
-    low = max(lo - 64 * w, 0)
-    high = min(hi - 64 * w, 64)
-    return np.uint64(((1 << high) - 1) ^ ((1 << low) - 1))
-
-
 @jit(nogil=True)
 def _keep_bits(w, lo, hi):
-    """The bits of word ``w`` that are rows in ``[lo, hi)`` (as :func:`_keep`, inside Numba)."""
+    """The bits of word ``w`` that are rows in ``[lo, hi)``."""
     low = max(lo - 64 * w, 0)
     high = min(hi - 64 * w, 64)
     one = np.uint64(1)
@@ -698,7 +679,7 @@ _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
 def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, transposed, gain, dtype):
     for w in range(word0, word1):
         meta, values = _word_values(
-            pattern.bits, w, _keep(w, lo, hi), pattern.first, pattern.second, pattern.cos, pattern.sin,
+            pattern.bits, w, np.uint64(_keep_bits(w, lo, hi)), pattern.first, pattern.second, pattern.cos, pattern.sin,
             pattern.touched, *_scratch(pattern.cols, pattern.first.shape[0]),
         )
         values = values[meta[col0, 1] : meta[col1, 1]]
@@ -706,18 +687,6 @@ def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, t
             values *= gain
         value_bits = values.astype(dtype).view(weight_bits.dtype)
         _scatter_word(weight_bits, mask, meta, value_bits, w, lo, col0, col1, transposed)
-
-
-def _replay_word(pattern, k, w, keep, col0, col1, offsets, value_bits, gain, dtype):
-    """Replay word ``w`` and keep its cast values of the columns ``[col0, col1)`` at ``value_bits[offsets[k]:]``."""
-    meta, values = _word_values(
-        pattern.bits, w, keep, pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched,
-        *_scratch(pattern.cols, pattern.first.shape[0]),
-    )
-    values = values[meta[col0, 1] : meta[col1, 1]]
-    if gain != 1.0:
-        values *= gain
-    value_bits[offsets[k] : offsets[k + 1]] = values.astype(dtype).view(value_bits.dtype)
 
 
 def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads, warm):
@@ -733,29 +702,25 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
     if pattern.nnz * (hi - lo) / max(pattern.rows, 1) < THREAD_ENTRIES:
         threads = 1  # hand-offs would cost more than the work
     first_word, last_word = lo // 64, (hi + 63) // 64
-    keeps = np.array([_keep(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
+    keeps = np.array([_keep_bits(w, lo, hi) for w in range(first_word, last_word)], dtype=np.uint64)
     parts = max(1, min(TASKS_PER_THREAD * threads, col1 - col0)) if threads > 1 else 1
     edges = np.array([col0 + ((col1 - col0) * b) // parts for b in range(parts + 1)], dtype=np.int64)
     table = _band_counts(pattern.bits, first_word, keeps, edges)
     offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
     np.cumsum(table[-1], out=offsets[1:])
     value_bits = np.empty(offsets[-1], dtype=weight_bits.dtype)
-    if dtype in _NATIVE:
-        values = value_bits.view(dtype)
-        replay = [
-            partial(_replay_words, values, offsets, pattern.bits, first_word, keeps, word0, word1, col0, col1,
-                    pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
-            for word0, word1 in _tasks(pattern, lo, hi, threads)
-        ]
-    else:
-        replay = [
-            partial(_replay_word, pattern, k, first_word + k, keeps[k], col0, col1, offsets, value_bits, gain,
-                    dtype)
-            for k in range(keeps.shape[0])
-        ]
+    # float16 and bfloat16 are replayed into float64 and cast once by NumPy afterwards.
+    values = value_bits.view(dtype) if dtype in _NATIVE else np.empty(offsets[-1], dtype=np.float64)
+    replay = [
+        partial(_replay_words, values, offsets, pattern.bits, first_word, keeps, word0, word1, col0, col1,
+                pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
+        for word0, word1 in _tasks(pattern, lo, hi, threads)
+    ]
     if threads > 1 and warm:
         replay.insert(0, partial(_warm, weight_bits, mask))  # one thread maps the output meanwhile
     run_all(replay, threads)
+    if dtype not in _NATIVE:
+        value_bits[:] = values.astype(dtype).view(value_bits.dtype)
     write = [
         partial(_gather_band, weight_bits, mask, pattern.bits, first_word, keeps, offsets[:-1] + table[b],
                 value_bits, lo, col0, edges[b], edges[b + 1])

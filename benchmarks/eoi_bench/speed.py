@@ -80,16 +80,7 @@ class Row:
 
 def time_cell(function: Callable[[int], object], repeats: int, cell_seconds: float) -> Cell:
     """Median wall time of ``function(seed)`` over up to ``repeats`` runs (at least one)."""
-    times: list[float] = []
-    while len(times) < repeats:
-        gc.collect()
-        start = time.perf_counter()
-        result = function(len(times))
-        times.append(time.perf_counter() - start)
-        del result
-        if sum(times) + times[-1] > cell_seconds:
-            break
-    return Cell(float(np.median(times)), len(times))
+    return time_interleaved({"cell": function}, repeats, cell_seconds)["cell"]
 
 
 def time_interleaved(functions: dict[str, Callable[[int], object]], repeats: int,
