@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .allocation import aligned_zeros
 from .checks import ENGINES, check_density, check_engine, check_gain, check_int
 from .budget import Budget, plan_budget
 from .dtypes import check_gain_representable, resolve_dtype
@@ -166,8 +167,8 @@ def sparse_orthogonal(
     implementation = _engine(engine)
     generator = as_generator(rng)
 
-    weight = np.zeros(layout.shape, dtype=plan.dtype)
-    mask = np.zeros(layout.shape, dtype=bool)
+    weight = aligned_zeros(layout.shape, plan.dtype)
+    mask = aligned_zeros(layout.shape, bool)
     centre = layout.centre_index()
     cols = max(layout.out_per_group, layout.in_per_group)
     for group, child in enumerate(split(generator, layout.groups)):

@@ -444,49 +444,78 @@ def _stream_copy(destination, at, source):
         destination[at + q] = source[q]
 
 
+def _expand_codegen(streamed):
+    """Code of :func:`_expand_word` (``streamed=False``) and :func:`_stream_word` (``streamed=True``)."""
+    int64 = ir.IntType(64)
+
+    def codegen(context, builder, signature, args):
+        items_value, items_at, flags_value, flags_at, values_value, start_value, word_value = args
+        width = signature.args[4].dtype.bitwidth
+        lanes = 512 // width
+        item = ir.IntType(width)
+        vector = ir.VectorType(item, lanes)
+        lane_bits = ir.VectorType(ir.IntType(1), lanes)
+        items_pointer = context.make_array(signature.args[0])(context, builder, value=items_value).data
+        flags_pointer = context.make_array(signature.args[2])(context, builder, value=flags_value).data
+        values_pointer = context.make_array(signature.args[4])(context, builder, value=values_value).data
+        expand = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [item.as_pointer(), lane_bits, vector]),
+            f"llvm.masked.expandload.v{lanes}i{width}")
+        nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+
+        def store(value, pointer, align):
+            instruction = builder.store(value, pointer, align=64 if streamed else align)
+            if streamed:
+                instruction.set_metadata("nontemporal", nontemporal)
+
+        # items_at counts items of ``items`` (its own dtype), or bytes when streamed into a byte array
+        step = lanes * width // 8 if streamed else lanes
+        source = start_value
+        for chunk in range(64 // lanes):
+            part = builder.trunc(builder.lshr(word_value, int64(chunk * lanes)), ir.IntType(lanes))
+            spread = builder.call(expand, [builder.gep(values_pointer, [source]), builder.bitcast(part, lane_bits),
+                                           ir.Constant(vector, None)])
+            target = builder.gep(items_pointer, [builder.add(items_at, int64(chunk * step))])
+            store(spread, builder.bitcast(target, vector.as_pointer()), width // 8)
+            source = builder.add(source, builder.zext(builder.ctpop(part), int64))
+        line = ir.VectorType(ir.IntType(8), 64)
+        as_bytes = builder.zext(builder.bitcast(word_value, ir.VectorType(ir.IntType(1), 64)), line)
+        store(as_bytes, builder.bitcast(builder.gep(flags_pointer, [flags_at]), line.as_pointer()), 1)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _expand_types(items, flags, values, word, streamed):
+    unsigned = (types.uint16, types.uint32, types.uint64)
+    if not (isinstance(items, types.Array) and isinstance(flags, types.Array) and isinstance(values, types.Array)
+            and values.dtype in unsigned and flags.dtype == types.uint8 and word == types.uint64):
+        return False
+    return items.dtype == types.uint8 if streamed else items.dtype == values.dtype
+
+
 @intrinsic
-def _expand_word(typingctx, items, flags, at, values, start, word):
+def _expand_word(typingctx, items, at, flags, flags_at, values, start, word):
     """Spread ``values[start:]`` over the set bits of ``word``: ``items[at + b]`` is the next value where bit ``b``
-    is set and 0 elsewhere (``b < 64``); ``flags[at + b]`` is bit ``b`` as a 0/1 byte.
+    is set and 0 elsewhere (``b < 64``); ``flags[flags_at + b]`` is bit ``b`` as a 0/1 byte.
 
     ``items`` and ``values`` are unsigned integer arrays of one width, ``flags``
     uint8.  LLVM's ``masked.expandload`` reads exactly ``popcount(word)``
     values (one ``VPEXPAND`` per 64 bytes with AVX-512; other targets get an
     equivalent sequence), so a word takes no branch per entry.
     """
-    if not (isinstance(items, types.Array) and isinstance(values, types.Array) and items.dtype == values.dtype
-            and items.dtype in (types.uint16, types.uint32, types.uint64) and isinstance(flags, types.Array)
-            and flags.dtype == types.uint8 and word == types.uint64):
+    if not _expand_types(items, flags, values, word, streamed=False):
         return None
-    width = items.dtype.bitwidth
-    lanes = 512 // width
-    int64 = ir.IntType(64)
+    return types.void(items, at, flags, flags_at, values, start, word), _expand_codegen(streamed=False)
 
-    def codegen(context, builder, signature, args):
-        items_value, flags_value, at_value, values_value, start_value, word_value = args
-        item = ir.IntType(width)
-        vector = ir.VectorType(item, lanes)
-        lane_bits = ir.VectorType(ir.IntType(1), lanes)
-        items_pointer = context.make_array(signature.args[0])(context, builder, value=items_value).data
-        flags_pointer = context.make_array(signature.args[1])(context, builder, value=flags_value).data
-        values_pointer = context.make_array(signature.args[3])(context, builder, value=values_value).data
-        expand = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [item.as_pointer(), lane_bits, vector]),
-            f"llvm.masked.expandload.v{lanes}i{width}")
-        source = start_value
-        for chunk in range(64 // lanes):
-            part = builder.trunc(builder.lshr(word_value, int64(chunk * lanes)), ir.IntType(lanes))
-            spread = builder.call(expand, [builder.gep(values_pointer, [source]), builder.bitcast(part, lane_bits),
-                                           ir.Constant(vector, None)])
-            target = builder.gep(items_pointer, [builder.add(at_value, int64(chunk * lanes))])
-            builder.store(spread, builder.bitcast(target, vector.as_pointer()), align=width // 8)
-            source = builder.add(source, builder.zext(builder.ctpop(part), int64))
-        line = ir.VectorType(ir.IntType(8), 64)
-        as_bytes = builder.zext(builder.bitcast(word_value, ir.VectorType(ir.IntType(1), 64)), line)
-        builder.store(as_bytes, builder.bitcast(builder.gep(flags_pointer, [at_value]), line.as_pointer()), align=1)
-        return context.get_dummy_value()
 
-    return types.void(items, flags, at, values, start, word), codegen
+@intrinsic
+def _stream_word(typingctx, items, at, flags, flags_at, values, start, word):
+    """:func:`_expand_word` written with non-temporal stores straight into the output: ``items`` and ``flags``
+    are uint8 arrays, ``at`` and ``flags_at`` byte offsets, both 64-byte aligned addresses."""
+    if not _expand_types(items, flags, values, word, streamed=True):
+        return None
+    return types.void(items, at, flags, flags_at, values, start, word), _expand_codegen(streamed=True)
 
 
 @jit(nogil=True)
@@ -494,23 +523,32 @@ def _stream_band(weight_bytes, mask_bytes, width, row_items, row_bytes, row_flag
                  value_bits, row0, col0, j0, j1):
     """As :func:`_gather_band`, for a C-contiguous weight and mask given as flat byte arrays of rows ``width`` wide.
 
-    Each output row is assembled whole, zeros included, in staging buffers
-    (``row_items``, ``64 * len(keeps)`` items, ``row_bytes`` the same memory
-    as bytes, and ``row_flags``, its 0/1 mask bytes), 64 entries at a time
-    (:func:`_expand_word`), and then copied out with non-temporal stores
-    (:func:`_stream_copy`): writing every line whole costs less than reading
-    the lines an entry falls in and writing them back.
+    Every output row is written whole, zeros included, 64 entries at a time
+    (:func:`_expand_word`), with non-temporal stores: writing every cache
+    line whole costs less than reading the lines an entry falls in and
+    writing them back.  When every word of every row starts on a 64-byte
+    boundary the entries go straight to the output (:func:`_stream_word`);
+    otherwise each row is assembled in staging buffers (``row_items``,
+    ``64 * len(keeps)`` items, ``row_bytes`` the same memory as bytes, and
+    ``row_flags``, its 0/1 mask bytes) and copied out (:func:`_stream_copy`).
     """
     size = row_items.itemsize
     skip = row0 - 64 * first_word  # staging slot of the row's first column
+    direct = (skip == 0 and width % 64 == 0 and weight_bytes.ctypes.data % 64 == 0
+              and (width * size) % 64 == 0 and mask_bytes.ctypes.data % 64 == 0)
     for j in range(j0, j1):
+        out_row = j - col0
         for k in range(keeps.shape[0]):
             word = bits[j, first_word + k] & keeps[k]
-            _expand_word(row_items, row_flags, 64 * k, value_bits, cursor[k], word)
+            if direct:
+                _stream_word(weight_bytes, (out_row * width + 64 * k) * size, mask_bytes, out_row * width + 64 * k,
+                             value_bits, cursor[k], word)
+            else:
+                _expand_word(row_items, 64 * k, row_flags, 64 * k, value_bits, cursor[k], word)
             cursor[k] += np.int64(_popcount(word))
-        out_row = j - col0
-        _stream_copy(weight_bytes, out_row * width * size, row_bytes[skip * size : (skip + width) * size])
-        _stream_copy(mask_bytes, out_row * width, row_flags[skip : skip + width])
+        if not direct:
+            _stream_copy(weight_bytes, out_row * width * size, row_bytes[skip * size : (skip + width) * size])
+            _stream_copy(mask_bytes, out_row * width, row_flags[skip : skip + width])
     _store_fence()
 
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .allocation import aligned_zeros
 from .api import _engine, _plan
 from .randomness import RotationStream, as_generator, fill_ranks, split
 
@@ -190,8 +191,8 @@ def sparse_orthogonal_shard(
         region = tuple(slice(start, stop) for start, stop in bounds)
         return np.ascontiguousarray(weight[region]), np.ascontiguousarray(mask[region])
     children = split(generator, layout.groups)  # advances a Generator as the whole call does
-    weight = np.zeros(out_shape, dtype=plan.dtype)
-    mask = np.zeros(out_shape, dtype=bool)
+    weight = aligned_zeros(out_shape, plan.dtype)
+    mask = aligned_zeros(out_shape, bool)
     if 0 in out_shape:
         return weight, mask
     (row0, row1), (col0, col1) = bounds[0], bounds[1]
