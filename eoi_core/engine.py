@@ -59,6 +59,10 @@ from .threads import get_num_threads, run_all
 
 # How many rotations ahead the passes prefetch a rotation's columns (the value pass: half that for its values).
 AHEAD = 16
+# The pattern pass walks only the occupied words of a rotation's columns when they are at most
+# 1 / SPARSE_SHARE of all words (most rotations while the supports are small); otherwise it runs
+# the vectorised loop over every word.
+SPARSE_SHARE = 8
 
 __all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
 
@@ -88,34 +92,62 @@ def _pattern(bits, counts, occupied, nnz, budget, first, second, limit, touched)
     only those rotations.  (Testing every word for zero inside the popcount
     loop would stop Numba from vectorising it, and double the pass.)
     """
+    one = np.uint64(1)
     words = bits.shape[1]
     lanes = occupied.shape[1]
     for t in range(limit):
         if nnz == budget:
             return t, nnz, True
         if t + AHEAD < limit:  # the bitsets of a later rotation's columns (n * m / 8 bytes outgrow the caches)
-            later_i = first[t + AHEAD] * words
-            later_j = second[t + AHEAD] * words
-            for w in range(0, words, 8):
-                _prefetch(bits, later_i + w)
-                _prefetch(bits, later_j + w)
+            later_i = first[t + AHEAD]
+            later_j = second[t + AHEAD]
+            later = 0
+            for lane in range(lanes):
+                later += np.int64(_popcount(occupied[later_i, lane] | occupied[later_j, lane]))
+            if later * SPARSE_SHARE <= words:  # the lines of their occupied words only
+                for lane in range(lanes):
+                    rest = occupied[later_i, lane] | occupied[later_j, lane]
+                    while rest:
+                        w = 64 * lane + np.int64(_trailing_zeros(rest))
+                        rest &= rest - one
+                        _prefetch(bits, later_i * words + w)
+                        _prefetch(bits, later_j * words + w)
+            else:
+                for w in range(0, words, 8):
+                    _prefetch(bits, later_i * words + w)
+                    _prefetch(bits, later_j * words + w)
         i = first[t]
         j = second[t]
         count_i = counts[i]
         count_j = counts[j]
         if count_i == 0 and count_j == 0:
             continue  # two empty columns: the rotation changes nothing
+        spread = 0
         for lane in range(lanes):
             touched[t, lane] = occupied[i, lane] | occupied[j, lane]
+            spread += np.int64(_popcount(touched[t, lane]))
         union_bits = np.uint64(0)
         if nnz + count_i + count_j <= budget:
             # The rotation cannot overshoot (it grows the support by at most count_i + count_j):
             # merge while counting, one pass over the two bitsets.
-            for w in range(words):
-                merged = bits[i, w] | bits[j, w]
-                union_bits += _popcount(merged)
-                bits[i, w] = merged
-                bits[j, w] = merged
+            if spread * SPARSE_SHARE <= words:
+                # Few occupied words (most rotations while the supports are small): only those; the
+                # others are zero in both columns.
+                for lane in range(lanes):
+                    rest = touched[t, lane]
+                    while rest:
+                        w = 64 * lane + np.int64(_trailing_zeros(rest))
+                        rest &= rest - one
+                        merged = bits[i, w] | bits[j, w]
+                        union_bits += _popcount(merged)
+                        bits[i, w] = merged
+                        bits[j, w] = merged
+            else:
+                for w in range(words):
+                    merged = bits[i, w] | bits[j, w]
+                    union_bits += _popcount(merged)
+                    bits[i, w] = merged
+                    bits[j, w] = merged
             union = np.int64(union_bits)
             grown = 2 * union - count_i - count_j
         else:  # near the budget: count first, merge only if the rotation fits
