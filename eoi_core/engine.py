@@ -382,10 +382,14 @@ def _band_counts(bits, first_word, keeps, edges):
     """Entries of each word before each band edge: ``table[b, k]`` counts word ``first_word + k``'s entries
     (``bits[j, first_word + k] & keeps[k]``) in the columns ``edges[0] <= j < edges[b]``."""
     words = keeps.shape[0]
+    stride = bits.shape[1]
     table = np.zeros((edges.shape[0], words), dtype=np.int64)
     running = np.zeros(words, dtype=np.int64)
     for b in range(1, edges.shape[0]):
         for j in range(edges[b - 1], edges[b]):
+            if j + AHEAD < edges[-1]:  # a later column's words: one column's are a few lines, far from the last
+                for k in range(0, words, 8):
+                    _prefetch(bits, (j + AHEAD) * stride + first_word + k)
             for k in range(words):
                 running[k] += np.int64(_popcount(bits[j, first_word + k] & keeps[k]))
         table[b, :] = running
@@ -640,11 +644,23 @@ def _support_before_tall(bits, counts, lo, hi, col0, col1):
     earlier = 0
     for j in range(lo):
         earlier += counts[j]
+    end = 64 * bits.shape[1]
+    stride = bits.shape[1]
+    # Count the shorter side of the rectangle: the other follows from the column's support count.
+    before = col0 <= end - col1
+    first_word = 0 if before else col0 // 64
+    last_word = (col1 + 63) // 64 if before else stride
     for j in range(lo, hi):
+        if j + AHEAD < hi:
+            for w in range(first_word, last_word, 8):
+                _prefetch(bits, (j + AHEAD) * stride + w)
         below[j - lo] = earlier
         earlier += counts[j]
-        left[j - lo] = _masked_popcount(bits, j, 0, col0)
         inside[j - lo] = _masked_popcount(bits, j, col0, col1)
+        if before:
+            left[j - lo] = _masked_popcount(bits, j, 0, col0)
+        else:
+            left[j - lo] = counts[j] - inside[j - lo] - _masked_popcount(bits, j, col1, end)
     return below, left, inside
 
 
