@@ -10,7 +10,8 @@ matrix ``G`` (``n <= m``):
    Givens phase stops and every column's final support, at O(n / 64) per
    rotation.  Its bitsets (``n * m / 8`` bytes) are kept: they size the value
    pass and locate the fill of any shard.  It also records which 64-row
-   words each rotation touches (8 bytes per rotation per 4096 rows).
+   words each rotation touches (8 bytes per rotation per 4096 rows); while
+   the two columns occupy few words, only those are merged.
 2. **Value pass, 64 rows at a time.**  A rotation mixes two *columns*, so
    every row of ``G`` evolves on its own: the rows of one bitset word can be
    replayed alone, touching only their own entries, and get exactly the values
