@@ -428,6 +428,12 @@ def _gather_band(weight_bits, mask, bits, first_word, keeps, cursor, value_bits,
             cursor[k] = p
 
 
+def _nontemporal_store(builder, value, pointer):
+    """An aligned store of ``value`` through ``pointer`` marked non-temporal (write the line without reading it)."""
+    store = builder.store(value, pointer, align=64)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
 @intrinsic
 def _stream_line(typingctx, destination, at, source, start):
     """Copy the 64 bytes ``source[start:start + 64]`` to ``destination[at:at + 64]`` (uint8 arrays) with one
@@ -444,8 +450,7 @@ def _stream_line(typingctx, destination, at, source, start):
         origin_pointer = builder.gep(context.make_array(signature.args[2])(context, builder, value=origin).data,
                                      [origin_at])
         value = builder.load(builder.bitcast(origin_pointer, line.as_pointer()), align=1)
-        store = builder.store(value, builder.bitcast(target_pointer, line.as_pointer()), align=64)
-        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        _nontemporal_store(builder, value, builder.bitcast(target_pointer, line.as_pointer()))
         return context.get_dummy_value()
 
     return types.void(destination, at, source, start), codegen
@@ -498,12 +503,12 @@ def _expand_codegen(streamed):
         expand = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vector, [item.as_pointer(), lane_bits, vector]),
             f"llvm.masked.expandload.v{lanes}i{width}")
-        nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
 
         def store(value, pointer, align):
-            instruction = builder.store(value, pointer, align=64 if streamed else align)
             if streamed:
-                instruction.set_metadata("nontemporal", nontemporal)
+                _nontemporal_store(builder, value, pointer)
+            else:
+                builder.store(value, pointer, align=align)
 
         # items_at counts items of ``items`` (its own dtype), or bytes when streamed into a byte array
         step = lanes * width // 8 if streamed else lanes
@@ -572,7 +577,7 @@ def _stream_band(weight_bytes, mask_bytes, width, row_items, row_bytes, row_flag
     size = row_items.itemsize
     skip = row0 - 64 * first_word  # staging slot of the row's first column
     direct = (skip == 0 and width % 64 == 0 and weight_bytes.ctypes.data % 64 == 0
-              and (width * size) % 64 == 0 and mask_bytes.ctypes.data % 64 == 0)
+              and mask_bytes.ctypes.data % 64 == 0)
     for j in range(j0, j1):
         out_row = j - col0
         for k in range(keeps.shape[0]):
@@ -645,8 +650,8 @@ def _support_before_tall(bits, counts, lo, hi, col0, col1):
     earlier = 0
     for j in range(lo):
         earlier += counts[j]
-    end = 64 * bits.shape[1]
     stride = bits.shape[1]
+    end = 64 * stride
     # Count the shorter side of the rectangle: the other follows from the column's support count.
     before = col0 <= end - col1
     first_word = 0 if before else col0 // 64
