@@ -225,14 +225,14 @@ def _masked_popcount(bits, j, lo, hi):
     ones = np.uint64(0xFFFFFFFFFFFFFFFF)
     first_word = lo // 64
     last_word = (hi - 1) // 64
-    total = np.uint64(0)
-    for w in range(first_word, last_word + 1):
-        word = bits[j, w]
-        if w == first_word:
-            word &= ones << np.uint64(lo % 64)
-        if w == last_word:
-            word &= ones >> np.uint64(63 - (hi - 1) % 64)
-        total += _popcount(word)
+    low = ones << np.uint64(lo % 64)
+    high = ones >> np.uint64(63 - (hi - 1) % 64)
+    if first_word == last_word:
+        return np.int64(_popcount(bits[j, first_word] & low & high))
+    total = _popcount(bits[j, first_word] & low) + _popcount(bits[j, last_word] & high)
+    # Unsigned indices: Numba adds no negative-index wraparound, and the loop vectorises (4 to 5 times faster).
+    for w in range(np.uint64(first_word + 1), np.uint64(last_word)):
+        total += _popcount(bits[j, w])
     return np.int64(total)
 
 
@@ -391,8 +391,9 @@ def _band_counts(bits, first_word, keeps, edges):
             if j + AHEAD < edges[-1]:  # a later column's words: one column's are a few lines, far from the last
                 for k in range(0, words, 8):
                     _prefetch(bits, (j + AHEAD) * stride + first_word + k)
+            row = bits[j, first_word : first_word + words]  # indices from 0: no wraparound, so it vectorises
             for k in range(words):
-                running[k] += np.int64(_popcount(bits[j, first_word + k] & keeps[k]))
+                running[k] += np.int64(_popcount(row[k] & keeps[k]))
         table[b, :] = running
     return table
 
@@ -889,11 +890,12 @@ def _replay_words(out, offsets, bits, first_word, keeps, word0, word1, col0, col
         stop = np.int64(meta[col1, 1])
         # Whole-slice copies, which Numba vectorises (an indexed loop with a branch costed a third of the replay).
         target = out[offsets[k] : offsets[k] + stop - start]
+        source = values[start:stop]
         if gain == 1.0:
-            target[:] = values[start:stop]
+            target[:] = source
         else:
-            for q in range(stop - start):
-                target[q] = values[start + q] * gain
+            for q in range(source.shape[0]):  # (indices from 0: no wraparound, so it vectorises)
+                target[q] = source[q] * gain
 
 
 # Output dtypes Numba stores directly; the others (float16, bfloat16) are cast by NumPy.
