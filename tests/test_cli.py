@@ -202,11 +202,24 @@ def test_bench_speed_runs(tmp_path, capsys):
 
 
 def test_bench_shard_runs(tmp_path):
-    assert run_cli("bench", "shard", "--shapes", "64x256", "--worlds", "2", "--axes", "free", "--no-progress",
-                   "--out", tmp_path) == 0
-    rows = json.loads((tmp_path / "shard.json").read_text())["rows"]
+    assert run_cli("bench", "shard", "--shapes", "64x256", "--worlds", "2", "--axes", "free", "--rounds", "2",
+                   "--no-progress", "--out", tmp_path) == 0
+    measured = json.loads((tmp_path / "shard.json").read_text())
+    rows = measured["rows"]
     assert [(row["axis"], row["world"]) for row in rows] == [("free", 1), ("free", 2)]
     assert rows[0]["cpu_ratio"] == 1.0 and (tmp_path / "shard.png").exists()
+    # two rounds: one result per rank, its best of both
+    assert [(rank["world"], rank["rank"]) for rank in measured["ranks"]] == [(1, 0), (2, 0), (2, 1)]
+
+
+def test_bench_shard_keeps_a_ranks_least_cpu_and_largest_memory_over_rounds():
+    from eoi_bench.shard import RankResult, _merge
+
+    first = RankResult((64, 256), "free", 2, 1, 100, cpu_seconds=0.5, user_seconds=0.3, peak_bytes=1000)
+    second = RankResult((64, 256), "free", 2, 1, 100, cpu_seconds=0.4, user_seconds=0.35, peak_bytes=1200)
+    merged = _merge(first, second)
+    assert (merged.cpu_seconds, merged.user_seconds, merged.peak_bytes) == (0.4, 0.3, 1200)
+    assert _merge(first, RankResult((64, 256), "free", 2, 1, 100, 0.6, 0.4, None)).peak_bytes == 1000
 
 
 def test_bench_density_and_spectrum_run(tmp_path):

@@ -10,7 +10,8 @@ for memory), as a distributed adapter would on W processes:
            only its columns: memory is the shard, CPU is the whole value pass.
 
 Per rank: CPU seconds of the call (user + system from ``getrusage``, the least of ``--repeats``
-calls, so that a busy machine inflates it less; the user part alone is shown too, because the
+calls in each of ``--rounds`` rounds over all worlds, so that a busy machine inflates it less: with
+several rounds a rank's calls fall in stretches of time minutes apart; the user part alone is shown too, because the
 system part is mostly the kernel zeroing, and on a fragmented machine compacting, the pages of
 a fresh output, which can dominate a large single-process run) and its peak extra resident memory (the largest)
 (``VmHWM - VmRSS`` around the call, with glibc returning freed blocks at once; see
@@ -133,6 +134,14 @@ def run_world(shape: tuple[int, int], density: float, axis: str, world: int, job
         return list(pool.map(rank_process, range(world)))
 
 
+def _merge(earlier: RankResult, later: RankResult) -> RankResult:
+    """One rank measured in two rounds: the least CPU and the largest peak memory of the two."""
+    peaks = [p for p in (earlier.peak_bytes, later.peak_bytes) if p is not None]
+    return RankResult(earlier.shape, earlier.axis, earlier.world, earlier.rank, earlier.shard_bytes,
+                      min(earlier.cpu_seconds, later.cpu_seconds), min(earlier.user_seconds, later.user_seconds),
+                      max(peaks) if peaks else None)
+
+
 def _mib(value: float | None) -> str:
     return "-" if value is None else report.fmt(value / (1 << 20))
 
@@ -238,6 +247,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which axis the shards split (default: both)")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="calls per rank process: CPU is the least, memory the largest (default: 3; --quick: 1)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
+                        help="measure every world this many times, one round after another, and keep each rank's "
+                             "least CPU and largest memory over all its calls: a rank's calls then fall in several "
+                             "stretches of time, so a noisy stretch of a shared machine inflates fewer of them "
+                             "(default: %(default)s)")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="rank processes run at once (default: %(default)s; CPU seconds are per process, but "
                              "concurrent ranks share caches and memory bandwidth)")
@@ -252,21 +266,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     out = report.prepare_output(args.out)
     log: Callable[[str], None] = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress \
         else (lambda line: None)
-    results: list[RankResult] = []
-    for shape in shapes:
-        for axis in axes:
-            for world in worlds:
-                if world == 1 and axis != "free" and "free" in axes:
-                    continue  # one rank owns the whole weight whichever axis is split
-                if world > shape[0] or world > shape[1]:
-                    continue
-                ranks = run_world(shape, args.density, axis, world, args.jobs, repeats)
-                results += ranks
-                log(f"{shape[0]}x{shape[1]} {axis} W={world}: CPU " +
-                    ", ".join(f"{r.cpu_seconds:.3f}" for r in ranks) + " s")
+    best: dict[tuple, RankResult] = {}
+    for round_index in range(args.rounds):
+        for shape in shapes:
+            for axis in axes:
+                for world in worlds:
+                    if world == 1 and axis != "free" and "free" in axes:
+                        continue  # one rank owns the whole weight whichever axis is split
+                    if world > shape[0] or world > shape[1]:
+                        continue
+                    ranks = run_world(shape, args.density, axis, world, args.jobs, repeats)
+                    for rank in ranks:
+                        key = (rank.shape, rank.axis, rank.world, rank.rank)
+                        best[key] = rank if key not in best else _merge(best[key], rank)
+                    log(f"round {round_index + 1}/{args.rounds} {shape[0]}x{shape[1]} {axis} W={world}: CPU " +
+                        ", ".join(f"{r.cpu_seconds:.3f}" for r in ranks) + " s")
+    results = list(best.values())
     rows = summarise(results)
     table = shard_table(rows)
-    header = (f"density {args.density:g}, float32 + bool mask, rng=0; CPU: least of {repeats} calls; "
+    header = (f"density {args.density:g}, float32 + bool mask, rng=0; CPU: least of {repeats * args.rounds} calls "
+              f"({args.rounds} round{'s' if args.rounds > 1 else ''} of {repeats}); "
               f"every rank in its own process with one "
               f"engine thread; 'free' splits the rows of the wide Givens matrix, 'other' the other axis; "
               f"memory goal: peak <= 1.5 shard + bitsets + {FIXED_OVERHEAD >> 20} MiB.")
