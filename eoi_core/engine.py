@@ -55,7 +55,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._jit import jit
-from .randomness import ROTATION_BLOCK, RotationStream
+from .randomness import RotationStream
 from .threads import get_num_threads, run_all
 
 # How many rotations ahead the passes prefetch a rotation's columns (the value pass: half that for its values).
@@ -830,8 +830,8 @@ def pattern_pass(
     Stops at the last rotation that keeps the support within ``budget``
     (``None``: no budget) or after ``max_rotations``, as the reference does.
     The rotations are recorded in arrays sized once from
-    :func:`_rotations_hint` (plus a tenth and a block): each block the stream
-    draws is copied in while still in cache, and the blocks are never
+    :func:`_rotations_hint` (plus a tenth, up to the end of the stream's
+    block): each block the stream draws is copied in while still in cache, and the blocks are never
     concatenated (that took 7 % of the pass at 16384 x 16384); the arrays
     grow, doubling, only if the hint falls short.
     """
@@ -848,7 +848,7 @@ def pattern_pass(
     limit_budget = rows * cols + 1 if budget is None else budget
     remaining = np.iinfo(np.int64).max if max_rotations is None else max_rotations
     stopped = nnz == limit_budget or remaining == 0 or stream is None
-    capacity = 0 if stopped else _rotations_hint(rows, cols, budget, max_rotations) * 11 // 10 + ROTATION_BLOCK
+    capacity = 0 if stopped else stream.drawn_after(_rotations_hint(rows, cols, budget, max_rotations) * 11 // 10)
     # first, second, cos, sin, touched (zero: a rotation of two empty columns touches no word)
     record = (np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64), np.empty(capacity),
               np.empty(capacity), np.zeros((capacity, lanes), dtype=np.uint64))

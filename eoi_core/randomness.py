@@ -72,6 +72,21 @@ class RotationStream:
         while True:
             yield self.next_block()
 
+    def drawn_after(self, count: int) -> int:
+        """How many rotations the next blocks hold once they hold at least ``count`` (0 for ``count <= 0``).
+
+        Examples
+        --------
+        >>> stream = RotationStream(np.random.default_rng(0), 8)
+        >>> stream.drawn_after(1), stream.drawn_after(257), stream.drawn_after(5000)
+        (256, 768, 7936)
+        """
+        drawn, size = 0, self.block
+        while drawn < count:
+            drawn += size
+            size = min(2 * size, ROTATION_BLOCK)
+        return drawn
+
     def next_block(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         draw = self.generator
         size = self.block
