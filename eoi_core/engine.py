@@ -787,8 +787,8 @@ class Pattern:
     touched: np.ndarray
 
 
-def _rotations_hint(rows: int, cols: int, budget: int | None, max_rotations: int | None) -> int:
-    """About how many rotations the pattern pass will apply: a size for its records, never a limit.
+def _rotations_hint(rows: int, cols: int, budget: int) -> int:
+    """About how many rotations the pattern pass applies within ``budget``: a size for its records, never a limit.
 
     The mean-field picture of the support: the mean column support ``k``
     starts at ``rows / cols``; a rotation picks two of the ``cols`` columns
@@ -801,15 +801,12 @@ def _rotations_hint(rows: int, cols: int, budget: int | None, max_rotations: int
     small shapes (``theory.rotations_for_density`` gives the exact
     expectation, at a cost this pass cannot afford).
     """
-    if budget is None:
-        return 0 if max_rotations is None else max_rotations
     start = rows / cols
     target = budget / cols
-    hint = 0
-    if target > start and cols > 1:
-        end = max(rows / target - 1.0, 1.0 / rows)  # at full density the logistic never arrives: cap it
-        hint = int(0.5 * cols * np.log((rows / start - 1.0) / end)) + 1
-    return hint if max_rotations is None else min(hint, max_rotations)
+    if target <= start or cols < 2:
+        return 0
+    end = max(rows / target - 1.0, 1.0 / rows)  # at full density the logistic never arrives: cap it
+    return int(0.5 * cols * np.log((rows / start - 1.0) / end)) + 1
 
 
 def _grown(record: tuple[np.ndarray, ...], used: int, capacity: int) -> tuple[np.ndarray, ...]:
@@ -829,11 +826,12 @@ def pattern_pass(
 
     Stops at the last rotation that keeps the support within ``budget``
     (``None``: no budget) or after ``max_rotations``, as the reference does.
-    The rotations are recorded in arrays sized once from
-    :func:`_rotations_hint` (plus a tenth, up to the end of the stream's
-    block): each block the stream draws is copied in while still in cache, and the blocks are never
-    concatenated (that took 7 % of the pass at 16384 x 16384); the arrays
-    grow, doubling, only if the hint falls short.
+    The rotations are recorded in arrays sized once (from
+    :func:`_rotations_hint` plus a tenth, or ``max_rotations``, up to the end
+    of the stream's block): each block the stream draws is copied in while
+    still in cache, and the blocks are never concatenated (that took 7 % of
+    the pass at 16384 x 16384); the arrays grow, doubling, only if the hint
+    falls short.
     """
     words = (rows + 63) // 64
     lanes = (words + 63) // 64
@@ -848,7 +846,10 @@ def pattern_pass(
     limit_budget = rows * cols + 1 if budget is None else budget
     remaining = np.iinfo(np.int64).max if max_rotations is None else max_rotations
     stopped = nnz == limit_budget or remaining == 0 or stream is None
-    capacity = 0 if stopped else stream.drawn_after(_rotations_hint(rows, cols, budget, max_rotations) * 11 // 10)
+    expected = (max_rotations or 0) if budget is None else _rotations_hint(rows, cols, budget) * 11 // 10
+    if max_rotations is not None:
+        expected = min(expected, max_rotations)
+    capacity = 0 if stopped else stream.drawn_after(expected)
     # first, second, cos, sin, touched (zero: a rotation of two empty columns touches no word)
     record = (np.empty(capacity, dtype=np.int64), np.empty(capacity, dtype=np.int64), np.empty(capacity),
               np.empty(capacity), np.zeros((capacity, lanes), dtype=np.uint64))

@@ -106,7 +106,7 @@ def test_the_sizing_hint_is_close_enough_to_need_no_growth(rows, cols, density):
 
     budget = int(density * rows * cols + 0.5)
     pattern = engine.pattern_pass(rows, cols, budget, RotationStream(as_generator(0), cols))
-    hint = engine._rotations_hint(rows, cols, budget, None)
+    hint = engine._rotations_hint(rows, cols, budget)
     applied = pattern.first.shape[0]
     assert applied <= hint * 11 // 10  # the records hold the whole pass
     assert hint <= 1.1 * applied  # and are not much larger than it
