@@ -936,7 +936,7 @@ def _replay_words(out, offsets, bits, first_word, keeps, word0, word1, col0, col
         meta, values = _word_values(bits, w, keeps[k], first, second, cos, sin, touched, meta, current, order, values)
         start = np.int64(meta[col0, 1])
         stop = np.int64(meta[col1, 1])
-        # Whole-slice copies, which Numba vectorises (an indexed loop with a branch costed a third of the replay).
+        # Whole-slice copies, which Numba vectorises (an indexed loop with a branch cost a third of the replay).
         target = out[offsets[k] : offsets[k] + stop - start]
         source = values[start:stop]
         if gain == 1.0:
