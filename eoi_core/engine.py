@@ -29,8 +29,8 @@ matrix ``G`` (``n <= m``):
    kept column by column and bands of output rows are then written left to
    right, one cursor per word; while the words are replayed, one thread maps
    the output's fresh pages (:func:`_warm`).  A large C-contiguous output is
-   written a whole row at a time: the row is assembled, zeros included, 64
-   entries per instruction (:func:`_expand_word`) and copied out with
+   written a whole row at a time: the row is assembled, zeros included, a
+   word's 64 entries without a branch (:func:`_expand_word`) and copied out with
    non-temporal stores, which write each cache line without first reading
    it.  Tasks never overlap, so the result does not depend on the number of
    threads.
@@ -64,6 +64,9 @@ AHEAD = 16
 # 1 / SPARSE_SHARE of all words (most rotations while the supports are small); otherwise it runs
 # the vectorised loop over every word.
 SPARSE_SHARE = 8
+# Spare bytes after the last value an expand reads: the permuting expand (AVX2) loads a whole
+# 32-byte vector from a chunk's first value (:func:`_expand_codegen`).
+EXPAND_PAD = 32
 
 __all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
 
@@ -429,9 +432,9 @@ def _gather_band(weight_bits, mask, bits, first_word, keeps, cursor, value_bits,
             cursor[k] = p
 
 
-def _nontemporal_store(builder, value, pointer):
+def _nontemporal_store(builder, value, pointer, align=64):
     """An aligned store of ``value`` through ``pointer`` marked non-temporal (write the line without reading it)."""
-    store = builder.store(value, pointer, align=64)
+    store = builder.store(value, pointer, align=align)
     store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
 
 
@@ -487,6 +490,78 @@ def _stream_copy(destination, at, source):
         destination[at + q] = source[q]
 
 
+def _target_features() -> frozenset[str]:
+    """The CPU features Numba compiles for (``NUMBA_CPU_FEATURES``, else the host's), e.g. ``{"avx2", ...}``."""
+    from numba.core import codegen, config
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return frozenset(flag[1:] for flag in features.split(",") if flag.startswith("+"))
+
+
+def _expand_strategy(width: int, features: frozenset[str]) -> str:
+    """How :func:`_expand_word` spreads ``width``-bit items: ``"expandload"`` or ``"permute"``.
+
+    ``"expandload"`` is LLVM's ``masked.expandload``: one ``VPEXPAND`` per 64
+    bytes with AVX-512 (16-bit items need VBMI2), and the portable choice on
+    other architectures.  Without those x86 instructions LLVM turns it into a
+    branch per item, which made the streamed write 4.6x a ``memset`` on an
+    AVX2 machine; there ``"permute"`` looks up, for each 8 (4 for 64-bit)
+    items, which value each slot takes, and moves them with one shuffle.
+
+    Examples
+    --------
+    >>> _expand_strategy(32, frozenset({"avx2", "avx512f"})), _expand_strategy(32, frozenset({"avx2"}))
+    ('expandload', 'permute')
+    >>> _expand_strategy(16, frozenset({"avx2", "avx512f"})), _expand_strategy(64, frozenset({"neon"}))
+    ('permute', 'expandload')
+    """
+    native = "avx512f" in features and (width > 16 or "avx512vbmi2" in features)
+    if native or "avx2" not in features:
+        return "expandload"
+    return "permute"
+
+
+def _permute_tables() -> dict[int, np.ndarray]:
+    """Per item width, the shuffle that spreads one chunk's values over its set bits, for every chunk of bits.
+
+    32-bit items: 8 per chunk, ``table[bits, slot]`` is the index among the
+    loaded values (``VPERMD``); 64-bit items: 4 per chunk, as pairs of 32-bit
+    indices; 16-bit items: 8 per chunk, as byte indices for ``PSHUFB``, whose
+    0x80 writes a zero.  Unset slots of the 32- and 64-bit shuffles read item
+    0 and are zeroed by a select.
+    """
+    tables = {32: np.zeros((256, 8), np.uint32), 64: np.zeros((16, 8), np.uint32),
+              16: np.full((256, 16), 0x80, np.uint8)}
+    for bits in range(256):
+        rank = 0
+        for slot in range(8):
+            if bits >> slot & 1:
+                tables[32][bits, slot] = rank
+                tables[16][bits, 2 * slot : 2 * slot + 2] = (2 * rank, 2 * rank + 1)
+                if bits < 16 and slot < 4:
+                    tables[64][bits, 2 * slot : 2 * slot + 2] = (2 * rank, 2 * rank + 1)
+                rank += 1
+    return tables
+
+
+_PERMUTE_TABLES = _permute_tables()
+
+
+def _table_global(module, width):
+    """The module's constant copy of ``_PERMUTE_TABLES[width]`` (made once per module)."""
+    name = f"eoi_expand_table_{width}"
+    if name in module.globals:
+        return module.globals[name]
+    table = _PERMUTE_TABLES[width]
+    element = ir.IntType(8 * table.itemsize)
+    row = ir.ArrayType(element, table.shape[1])
+    constant = ir.Constant(ir.ArrayType(row, table.shape[0]),
+                           [ir.Constant(row, [int(v) for v in line]) for line in table])
+    data = cgutils.global_constant(module, name, constant)
+    data.align = 64
+    return data
+
+
 def _expand_codegen(streamed):
     """Code of :func:`_expand_word` (``streamed=False``) and :func:`_stream_word` (``streamed=True``)."""
     int64 = ir.IntType(64)
@@ -494,36 +569,70 @@ def _expand_codegen(streamed):
     def codegen(context, builder, signature, args):
         items_value, items_at, flags_value, flags_at, values_value, start_value, word_value = args
         width = signature.args[4].dtype.bitwidth
-        lanes = 512 // width
-        item = ir.IntType(width)
-        vector = ir.VectorType(item, lanes)
-        lane_bits = ir.VectorType(ir.IntType(1), lanes)
         items_pointer = context.make_array(signature.args[0])(context, builder, value=items_value).data
         flags_pointer = context.make_array(signature.args[2])(context, builder, value=flags_value).data
         values_pointer = context.make_array(signature.args[4])(context, builder, value=values_value).data
-        expand = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [item.as_pointer(), lane_bits, vector]),
-            f"llvm.masked.expandload.v{lanes}i{width}")
+        permute = _expand_strategy(width, _target_features()) == "permute"
+        lanes = (128 if width == 16 else 256) // width if permute else 512 // width
+        item = ir.IntType(width)
+        vector = ir.VectorType(item, lanes)
 
         def store(value, pointer, align):
             if streamed:
-                _nontemporal_store(builder, value, pointer)
+                _nontemporal_store(builder, value, pointer, align=lanes * width // 8)
             else:
                 builder.store(value, pointer, align=align)
+
+        if permute:
+            table = _table_global(builder.module, width)
+            if width == 16:
+                shuffle_type = ir.VectorType(ir.IntType(8), 16)
+                shuffle = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(shuffle_type, [shuffle_type, shuffle_type]),
+                    "llvm.x86.ssse3.pshuf.b.128")
+            else:
+                shuffle_type = ir.VectorType(ir.IntType(32), 8)
+                shuffle = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(shuffle_type, [shuffle_type, shuffle_type]),
+                    "llvm.x86.avx2.permd")
+
+            def spread_chunk(source_pointer, part):
+                # Load the next ``lanes`` values (reading past the chunk's own: the value arrays carry
+                # EXPAND_PAD spare bytes), move each to its slot, zero the others.
+                loaded = builder.load(builder.bitcast(source_pointer, shuffle_type.as_pointer()), align=1)
+                order = builder.load(builder.bitcast(
+                    builder.gep(table, [int64(0), builder.zext(part, int64)]), shuffle_type.as_pointer()),
+                    align=shuffle_type.count * shuffle_type.element.width // 8)
+                moved = builder.bitcast(builder.call(shuffle, [loaded, order]), vector)
+                if width == 16:
+                    return moved  # PSHUFB wrote the zeros
+                return builder.select(builder.bitcast(part, ir.VectorType(ir.IntType(1), lanes)), moved,
+                                      ir.Constant(vector, None))
+        else:
+            lane_bits = ir.VectorType(ir.IntType(1), lanes)
+            expand = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [item.as_pointer(), lane_bits, vector]),
+                f"llvm.masked.expandload.v{lanes}i{width}")
+
+            def spread_chunk(source_pointer, part):
+                return builder.call(expand, [source_pointer, builder.bitcast(part, lane_bits), ir.Constant(vector, None)])
 
         # items_at counts items of ``items`` (its own dtype), or bytes when streamed into a byte array
         step = lanes * width // 8 if streamed else lanes
         source = start_value
         for chunk in range(64 // lanes):
             part = builder.trunc(builder.lshr(word_value, int64(chunk * lanes)), ir.IntType(lanes))
-            spread = builder.call(expand, [builder.gep(values_pointer, [source]), builder.bitcast(part, lane_bits),
-                                           ir.Constant(vector, None)])
+            spread = spread_chunk(builder.gep(values_pointer, [source]), part)
             target = builder.gep(items_pointer, [builder.add(items_at, int64(chunk * step))])
             store(spread, builder.bitcast(target, vector.as_pointer()), width // 8)
             source = builder.add(source, builder.zext(builder.ctpop(part), int64))
         line = ir.VectorType(ir.IntType(8), 64)
         as_bytes = builder.zext(builder.bitcast(word_value, ir.VectorType(ir.IntType(1), 64)), line)
-        store(as_bytes, builder.bitcast(builder.gep(flags_pointer, [flags_at]), line.as_pointer()), 1)
+        flags_target = builder.bitcast(builder.gep(flags_pointer, [flags_at]), line.as_pointer())
+        if streamed:
+            _nontemporal_store(builder, as_bytes, flags_target)
+        else:
+            builder.store(as_bytes, flags_target, align=1)
         return context.get_dummy_value()
 
     return codegen
@@ -543,9 +652,11 @@ def _expand_word(typingctx, items, at, flags, flags_at, values, start, word):
     is set and 0 elsewhere (``b < 64``); ``flags[flags_at + b]`` is bit ``b`` as a 0/1 byte.
 
     ``items`` and ``values`` are unsigned integer arrays of one width, ``flags``
-    uint8.  LLVM's ``masked.expandload`` reads exactly ``popcount(word)``
-    values (one ``VPEXPAND`` per 64 bytes with AVX-512; other targets get an
-    equivalent sequence), so a word takes no branch per entry.
+    uint8.  No branch per entry: LLVM's ``masked.expandload`` (one
+    ``VPEXPAND`` per 64 bytes with AVX-512) or, with AVX2, a table-driven
+    shuffle per 8 entries (:func:`_expand_strategy`), which loads whole
+    vectors past ``values``' last item: value arrays carry ``EXPAND_PAD``
+    spare bytes.
     """
     if not _expand_types(items, flags, values, word, streamed=False):
         return None
@@ -982,9 +1093,10 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
     table = _band_counts(pattern.bits, first_word, keeps, edges)
     offsets = np.zeros(keeps.shape[0] + 1, dtype=np.int64)
     np.cumsum(table[-1], out=offsets[1:])
-    value_bits = np.empty(offsets[-1], dtype=weight_bits.dtype)
+    # EXPAND_PAD spare bytes at the end: the permuting expand loads whole vectors past a word's last value.
+    value_bits = np.empty(offsets[-1] + EXPAND_PAD // weight_bits.itemsize, dtype=weight_bits.dtype)
     # float16 and bfloat16 are replayed into float64 and cast once by NumPy afterwards.
-    values = value_bits.view(dtype) if dtype in _NATIVE else np.empty(offsets[-1], dtype=np.float64)
+    values = value_bits[: offsets[-1]].view(dtype) if dtype in _NATIVE else np.empty(offsets[-1], dtype=np.float64)
     replay = [
         partial(_replay_words, values, offsets, pattern.bits, first_word, keeps, word0, word1, col0, col1,
                 pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
@@ -994,7 +1106,7 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
         replay.insert(0, partial(_warm, weight_bits, mask))  # one thread maps the output meanwhile
     run_all(replay, threads)
     if dtype not in _NATIVE:
-        value_bits[:] = values.astype(dtype).view(value_bits.dtype)
+        value_bits[: offsets[-1]] = values.astype(dtype).view(value_bits.dtype)
     if stream and weight_bits.flags.c_contiguous and mask.flags.c_contiguous:
         weight_bytes, mask_bytes = weight_bits.reshape(-1).view(np.uint8), mask.reshape(-1).view(np.uint8)
         slots = 64 * keeps.shape[0]

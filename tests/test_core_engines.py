@@ -158,6 +158,30 @@ def test_streamed_writes_give_the_same_bits(data, rows, cols, seed, dtype, threa
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("width", [16, 32, 64])
+def test_permute_tables_spread_each_chunks_values_over_its_set_bits(width):
+    # The AVX2 expand (engine._expand_codegen) loads a chunk's next values and shuffles them by these
+    # tables: VPERMD on 32-bit indices, then zeros where the bit is clear; PSHUFB on bytes, 0x80 a zero.
+    # Emulated here, so the tables are checked on every machine, whichever strategy it compiles.
+    from eoi_core.engine import _PERMUTE_TABLES
+
+    table = _PERMUTE_TABLES[width]
+    lanes = 4 if width == 64 else 8
+    values = np.arange(1, lanes + 1, dtype=f"u{width // 8}")  # distinct, non-zero
+    loaded = values.view(np.uint8)
+    for bits in range(1 << lanes):
+        slots = [slot for slot in range(lanes) if bits >> slot & 1]
+        expected = np.zeros(lanes, dtype=values.dtype)
+        expected[slots] = values[: len(slots)]
+        control = table[bits]
+        if width == 16:
+            spread = np.where(control & 0x80, 0, loaded[control & 0x0F]).astype(np.uint8).view(values.dtype)
+        else:
+            moved = loaded.view(np.uint32)[control].view(values.dtype)
+            spread = np.where([bool(bits >> slot & 1) for slot in range(lanes)], moved, 0)
+        assert np.array_equal(spread, expected), bits
+
+
 @pytest.mark.parametrize(("shape", "groups"), [((96, 32, 3, 3), 1), ((48, 8, 3), 3), ((200, 72), 1), ((200, 128), 1)])
 def test_streamed_writes_match_the_reference_and_leave_strided_outputs_to_the_per_entry_writes(
         monkeypatch, shape, groups):
