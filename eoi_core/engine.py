@@ -27,8 +27,9 @@ matrix ``G`` (``n <= m``):
    when the weight is ``G`` (``out < in``) a word's values go straight into
    its 64 rows; when it is ``G^T`` (``out >= in``) every word's values are
    kept column by column and bands of output rows are then written left to
-   right, one cursor per word; while the words are replayed, one thread maps
-   the output's fresh pages (:func:`_warm`).  A large C-contiguous output is
+   right, one cursor per word; from before the pattern pass until the words
+   are replayed, one thread maps the output's fresh pages (:func:`_warm`,
+   :func:`warm_while`).  A large C-contiguous output is
    written a whole row at a time: the row is assembled, zeros included, a
    word's 64 entries without a branch (:func:`_expand_word`) and copied out with
    non-temporal stores, which write each cache line without first reading
@@ -45,6 +46,7 @@ shard's own segments are walked.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 
@@ -56,7 +58,7 @@ from numba.extending import intrinsic
 
 from ._jit import jit
 from .randomness import RotationStream
-from .threads import get_num_threads, run_all
+from .threads import get_num_threads, run_all, start
 
 # How many rotations ahead the passes prefetch a rotation's columns (the value pass: half that for its values).
 AHEAD = 16
@@ -68,7 +70,7 @@ SPARSE_SHARE = 8
 # 32-byte vector from a chunk's first value (:func:`_expand_codegen`).
 EXPAND_PAD = 32
 
-__all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "write_values", "support_before", "fill_shard"]
+__all__ = ["write_givens", "fill", "Pattern", "pattern_pass", "warm_while", "write_values", "support_before", "fill_shard"]
 
 
 @intrinsic
@@ -1074,7 +1076,7 @@ def _write_words(pattern, word0, word1, lo, hi, col0, col1, weight_bits, mask, t
         _scatter_word(weight_bits, mask, meta, value_bits, w, lo, col0, col1, transposed)
 
 
-def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads, warm, stream):
+def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threads, warm, stream, warming):
     """``G^T``: replay every word first (values only), then write the output row after row.
 
     Rows of the weight are contiguous, so writing them in order streams
@@ -1102,9 +1104,11 @@ def _write_transposed(pattern, weight_bits, mask, rows, cols, gain, dtype, threa
                 pattern.first, pattern.second, pattern.cos, pattern.sin, pattern.touched, gain)
         for word0, word1 in _tasks(pattern, lo, hi, threads)
     ]
-    if threads > 1 and warm:
+    if threads > 1 and warm and warming is None:
         replay.insert(0, partial(_warm, weight_bits, mask))  # one thread maps the output meanwhile
     run_all(replay, threads)
+    if warming is not None:
+        warming.result()  # the pages are mapped (and nothing writes zeros into them any more)
     if dtype not in _NATIVE:
         value_bits[: offsets[-1]] = values.astype(dtype).view(value_bits.dtype)
     if stream and weight_bits.flags.c_contiguous and mask.flags.c_contiguous:
@@ -1133,23 +1137,30 @@ def write_values(
     cols: tuple[int, int],
     gain: float,
     threads: int | None = None,
+    warming: Future | None = None,
 ) -> None:
     """Write ``G[rows[0]:rows[1], cols[0]:cols[1]]`` (times ``gain``, cast) into ``weight`` and its support into ``mask``.
 
     ``weight`` and ``mask`` are 2-D views of that rectangle (transposed when
     ``transposed``), all zero on entry.  The rows are replayed 64 at a time;
     the rotations still run over every column, so a narrow ``cols`` saves
-    memory but not time.
+    memory but not time.  ``warming``: :func:`_warm` of ``weight`` and
+    ``mask`` already running (:func:`warm_while`); it is waited for before
+    anything is written.
     """
     threads = get_num_threads() if threads is None else threads
     if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        if warming is not None:
+            warming.result()
         return
     weight_bits = weight.view(_UINT[weight.dtype.itemsize])
     warm = weight.nbytes >= WARM_BYTES
     if transposed:
         stream = weight.nbytes >= STREAM_BYTES
-        _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads, warm, stream)
+        _write_transposed(pattern, weight_bits, mask, rows, cols, gain, weight.dtype, threads, warm, stream, warming)
         return
+    if warming is not None:
+        warming.result()  # G's rows are written while they are replayed
     if weight.dtype in _NATIVE:
         tasks = [
             partial(_write_rows, weight, mask, pattern.bits, word0, word1, rows[0], rows[1], cols[0], cols[1],
@@ -1196,6 +1207,21 @@ def _warm(*arrays: np.ndarray) -> None:
             _touch(memory, 0, memory.shape[0])
 
 
+
+def warm_while(weight: np.ndarray, mask: np.ndarray, transposed: bool, threads: int | None = None) -> Future | None:
+    """Start mapping a large ``G^T`` output's pages on the thread pool now, or None when not worth it.
+
+    Called before the pattern pass, whose single thread would otherwise leave
+    the others idle: the mapping then overlaps it, and what is left of it the
+    replay (:func:`write_values` takes the future and waits for it before it
+    writes).  Only for ``G^T``: ``G``'s rows are written during the replay.
+    """
+    threads = get_num_threads() if threads is None else threads
+    if threads <= 1 or not transposed or weight.nbytes < WARM_BYTES or weight.size == 0:
+        return None
+    return start(partial(_warm, weight.view(_UINT[weight.dtype.itemsize]), mask), threads)
+
+
 def write_givens(
     weight: np.ndarray,
     mask: np.ndarray,
@@ -1208,8 +1234,10 @@ def write_givens(
     out, inp = weight.shape
     transposed = out >= inp
     rows, cols = (inp, out) if transposed else (out, inp)
+    warming = warm_while(weight, mask, transposed)
     pattern = pattern_pass(rows, cols, budget, stream, max_rotations)
-    write_values(pattern, weight, mask, transposed=transposed, rows=(0, rows), cols=(0, cols), gain=gain)
+    write_values(pattern, weight, mask, transposed=transposed, rows=(0, rows), cols=(0, cols), gain=gain,
+                 warming=warming)
     # A row of G^T is a column of G, whose support size the pattern pass counted.
     return int(pattern.first.shape[0]), pattern.nnz, pattern.counts if transposed else None
 

@@ -214,6 +214,7 @@ def sparse_orthogonal_shard(
             block_weight = np.zeros((hi - lo, col1 - col0) + layout.kernel, dtype=plan.dtype)
             block_mask = np.zeros(block_weight.shape, dtype=bool)
         centre = (slice(None), slice(None)) + layout.centre
+        warming = implementation.warm_while(block_weight[centre], block_mask[centre], transposed)
         pattern = implementation.pattern_pass(n, m, budget.centre, stream)
         implementation.write_values(
             pattern,
@@ -223,6 +224,7 @@ def sparse_orthogonal_shard(
             rows=(col0, col1) if transposed else (lo, hi),
             cols=(lo, hi) if transposed else (col0, col1),
             gain=plan.gain,
+            warming=warming,
         )
         ranks = fill_ranks(fill_rng, layout.block_size - pattern.nnz, budget.block - pattern.nnz)
         implementation.fill_shard(

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from .checks import check_int
 
-__all__ = ["get_num_threads", "set_num_threads", "run_all", "MAX_DEFAULT_THREADS", "ENV_VAR"]
+__all__ = ["get_num_threads", "set_num_threads", "run_all", "start", "MAX_DEFAULT_THREADS", "ENV_VAR"]
 
 MAX_DEFAULT_THREADS = 8
 ENV_VAR = "EOI_NUM_THREADS"
@@ -145,3 +145,12 @@ def run_all(tasks: Sequence[Callable[[], Any]], threads: int | None = None) -> N
     if errors:
         raise errors[0]
 
+
+def start(task: Callable[[], Any], threads: int | None = None) -> Future:
+    """Run ``task`` on the pool from now on, beside the caller; join it with ``.result()``.
+
+    The pool is sized for a later :func:`run_all` with ``threads`` threads, so
+    its helpers queue behind ``task`` rather than start a thread more.
+    """
+    threads = get_num_threads() if threads is None else threads
+    return _executor(max(1, threads - 1)).submit(task)

@@ -128,6 +128,18 @@ def test_results_do_not_depend_on_the_thread_count(many_tasks, shape):
     assert outputs[0] == outputs[1] == outputs[2]
 
 
+def test_a_started_task_runs_beside_the_caller_and_hands_back_its_result_or_error():
+    from eoi_core.threads import start
+
+    assert start(lambda: 6 * 7, 2).result(timeout=10) == 42
+
+    def fails():
+        raise ValueError("from the pool")
+
+    with pytest.raises(ValueError, match="from the pool"):
+        start(fails, 2).result(timeout=10)
+
+
 def test_generator_is_consumed_as_by_the_whole_call():
     whole = eoi_core.sparse_orthogonal((40, 90), 0.2, rng=np.random.default_rng(3))
     generator = np.random.default_rng(3)
