@@ -106,13 +106,14 @@ def stamp_block(stamp: dict) -> str:
     usable = machine.get("cores_usable")
     core_text = f"{cores} cores" + (f" ({usable} usable)" if usable not in (None, cores) else "")
     memory = f", {machine['memory_gib']} GiB" if machine.get("memory_gib") else ""
+    target = f" (compiled for {machine['compile_target']})" if machine.get("compile_target") else ""
     lines = [
         '!!! info "How these numbers were made"',
         "",
         f"    **Command** `{stamp.get('command', '?')}`  ",
         f"    **Date (UTC)** {stamp.get('date', '?')}  ",
         f"    **Commit** `{stamp.get('commit') or 'unknown'}`  ",
-        f"    **Machine** {machine.get('cpu', '?')}, {core_text}{memory}; {machine.get('platform', '?')}  ",
+        f"    **Machine** {machine.get('cpu', '?')}{target}, {core_text}{memory}; {machine.get('platform', '?')}  ",
         f"    **Software** Python {machine.get('python', '?')}; {packages}",
     ]
     if stamp.get("note"):

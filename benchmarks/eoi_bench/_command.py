@@ -125,6 +125,26 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _compile_target() -> str | None:
+    """The CPU Numba compiles the engine for and its widest vector extension, e.g. ``"znver3, AVX2"``.
+
+    The engine's write takes a different instruction sequence with AVX-512
+    than with AVX2 (:func:`eoi_core.engine._expand_strategy`), so speed
+    figures from two machines with the same model name can differ by it.
+    """
+    try:
+        from numba.core import codegen, config
+        from llvmlite import binding
+    except ImportError:
+        return None
+    name = config.CPU_NAME or binding.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    enabled = {flag[1:] for flag in features.split(",") if flag.startswith("+")}
+    widest = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                            ("sse4.2", "SSE4.2"), ("neon", "NEON")) if flag in enabled), None)
+    return name if widest is None else f"{name}, {widest}"
+
+
 def _memory_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -150,7 +170,8 @@ def run_stamp(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ``command`` (a shell line), ``date`` (ISO 8601, UTC, seconds),
         ``commit`` (``git rev-parse HEAD``, with ``-dirty`` when a tracked file
         differs from it; None outside a git checkout) and ``machine``:
-        platform, CPU model, logical cores, the cores this process may use,
+        platform, CPU model, the CPU and vector extension Numba compiles for,
+        logical cores, the cores this process may use,
         memory in GiB, Python and the versions of :data:`STAMP_PACKAGES` that
         are installed.
 
@@ -179,6 +200,7 @@ def run_stamp(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": {
             "platform": platform.platform(),
             "cpu": _cpu_model(),
+            "compile_target": _compile_target(),
             "cores": os.cpu_count(),
             "cores_usable": usable,
             "memory_gib": _memory_gib(),
