@@ -182,8 +182,8 @@ def run_stamp(argv: Sequence[str] | None = None) -> dict[str, Any]:
     'eoi bench density --quick'
     >>> run_stamp(["/src/eoi_core/__main__.py", "demo"])["command"]
     'python -m eoi_core demo'
-    >>> sorted(stamp["machine"])[:3]
-    ['cores', 'cores_usable', 'cpu']
+    >>> sorted(stamp["machine"])[:4]
+    ['compile_target', 'cores', 'cores_usable', 'cpu']
     """
     argv = list(sys.argv if argv is None else argv)
     packages = {}
