@@ -125,6 +125,10 @@ def same_shards(array, whole, spec):
 
 MESH_8 = textwrap.dedent(
     """
+    import gc
+    # Collect cycles very often: a staged op must outlive the jaxpr that held it, since compiled
+    # executables name it by id (with weak references this failed about one run in two).
+    gc.set_threshold(5, 1, 1)
     import flax.linen as nn
     mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,8 +69,12 @@ __all__ = ["available", "build"]
 _CALLBACK_TARGETS = {"cpu": "xla_ffi_python_cpu_callback", "cuda": "xla_ffi_python_gpu_callback",
                      "rocm": "xla_ffi_python_gpu_callback"}
 
-# op id -> _Op; an op lives as long as a staged computation (its jaxpr) refers to it
-_OPS: weakref.WeakValueDictionary[int, _Op] = weakref.WeakValueDictionary()
+# op id -> _Op, for the life of the process.  A compiled executable names its op by id only, and
+# jit keeps executables after the traced jaxpr that held the op is gone: with weak references the
+# garbage collector could take an op between compiling and running it, or before a cached
+# executable's next call (seen as a KeyError in a callback).  An op is small (shapes, dtypes and
+# a closure over the request), one per staged kernel.
+_OPS: dict[int, _Op] = {}
 _IDS = itertools.count()
 
 
