@@ -1207,7 +1207,6 @@ def _warm(*arrays: np.ndarray) -> None:
             _touch(memory, 0, memory.shape[0])
 
 
-
 def warm_while(weight: np.ndarray, mask: np.ndarray, transposed: bool, threads: int | None = None) -> Future | None:
     """Start mapping a large ``G^T`` output's pages on the thread pool now, or None when not worth it.
 
@@ -1217,7 +1216,7 @@ def warm_while(weight: np.ndarray, mask: np.ndarray, transposed: bool, threads: 
     writes).  Only for ``G^T``: ``G``'s rows are written during the replay.
     """
     threads = get_num_threads() if threads is None else threads
-    if threads <= 1 or not transposed or weight.nbytes < WARM_BYTES or weight.size == 0:
+    if threads <= 1 or not transposed or weight.nbytes < WARM_BYTES:
         return None
     return start(partial(_warm, weight.view(_UINT[weight.dtype.itemsize]), mask), threads)
 

@@ -133,13 +133,14 @@ def _compile_target() -> str | None:
     figures from two machines with the same model name can differ by it.
     """
     try:
-        from numba.core import codegen, config
         from llvmlite import binding
+        from numba.core import config
+
+        from eoi_core.engine import _target_features
     except ImportError:
         return None
     name = config.CPU_NAME or binding.get_host_cpu_name()
-    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    enabled = {flag[1:] for flag in features.split(",") if flag.startswith("+")}
+    enabled = _target_features()
     widest = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
                                             ("sse4.2", "SSE4.2"), ("neon", "NEON")) if flag in enabled), None)
     return name if widest is None else f"{name}, {widest}"
